@@ -1,0 +1,31 @@
+"""batchpool: a micro-batching ``concurrent.futures`` executor.
+
+Public names only; each is re-exported explicitly. Worker processes import this
+package too, so nothing heavy (rich, the dashboard) is imported here.
+
+Example:
+    >>> from batchpool import BatchPoolExecutor
+    >>> with BatchPoolExecutor(backend="thread") as ex:
+    ...     list(ex.map(abs, [-1, -2]))
+    [1, 2]
+"""
+
+from .errors import BatchPoolError as BatchPoolError
+from .errors import RemoteError as RemoteError
+from .errors import RemoteTraceback as RemoteTraceback
+from .errors import TransportError as TransportError
+from .errors import WorkerCrashedError as WorkerCrashedError
+from .executor import BatchPoolExecutor as BatchPoolExecutor
+from .options import Priority as Priority
+
+__all__ = [
+    "BatchPoolError",
+    "BatchPoolExecutor",
+    "Priority",
+    "RemoteError",
+    "RemoteTraceback",
+    "TransportError",
+    "WorkerCrashedError",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,72 @@
+"""The backend interface, and the helpers every backend uses to settle Futures.
+
+A backend owns its workers. It pulls batches from the pool's ``Batcher`` when a
+worker has room, runs them, and resolves each job's Future. The executor only
+calls the few methods below, so a new backend (a cluster, say) plugs in without
+touching it.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+from collections.abc import Iterable
+from concurrent.futures import InvalidStateError
+from typing import Any
+
+from ..batching import Batcher
+from ..jobs import Job
+from ..options import PoolConfig
+
+__all__ = ["Backend", "fail_jobs", "logger"]
+
+logger = logging.getLogger("batchpool")
+
+
+def fail_jobs(jobs: Iterable[Job], exc: BaseException) -> None:
+    """Fail each job's Future with ``exc`` (already cancelled ones stay so)."""
+    for job in jobs:
+        try:
+            job.future.set_exception(exc)
+        except InvalidStateError:
+            pass  # cancelled or settled meanwhile; checking first would race
+
+
+def cancel_jobs(jobs: Iterable[Job]) -> None:
+    """Cancel the Futures of jobs that were never dispatched."""
+    for job in jobs:
+        job.future.cancel()
+
+
+class Backend(abc.ABC):
+    """Runs the batches of one pool.
+
+    Args:
+        config: the pool's validated configuration.
+        batcher: where jobs wait; the backend takes batches from it.
+    """
+
+    def __init__(self, config: PoolConfig, batcher: Batcher) -> None:
+        self.config = config
+        self.batcher = batcher
+
+    @abc.abstractmethod
+    def notify(self) -> None:
+        """A job was queued. Called once per submit, so it must be cheap."""
+
+    @abc.abstractmethod
+    def begin_shutdown(self) -> None:
+        """The batcher is closed: finish the queued work, then stop the workers."""
+
+    @abc.abstractmethod
+    def join(self) -> None:
+        """Wait until every worker and helper thread has stopped."""
+
+    @property
+    @abc.abstractmethod
+    def broken(self) -> BaseException | None:
+        """The error every new submit gets once the pool cannot run work at all."""
+
+    @abc.abstractmethod
+    def compat_workers(self) -> dict[Any, Any]:
+        """Live workers, for the ``_processes``/``_threads`` compatibility views."""

@@ -1,0 +1,478 @@
+"""Process backend: worker processes fed by one manager thread.
+
+Data flow (parent side)::
+
+    submit() -> Batcher lanes
+                   |  take() when a worker has a free slot
+                   v
+    manager thread --- channel.send(batch) ---> worker process (worker.py)
+        ^                                            |
+        |  selector.select() on, all at once:        | outcomes, streamed
+        |    every worker's result channel  <--------+
+        |    every worker's sentinel (death)
+        |    every channel with output queued (room to write)
+        |    the wake-up pipe (new jobs, shutdown)
+        v
+    Futures resolved; dead workers' unfinished jobs failed; workers respawned
+
+One thread does all of it and never blocks anywhere but in ``select``: no
+polling, and no state shared with submitters beyond the Batcher and two flags
+(``_wake_pending``, ``_can_dispatch``) that keep ``notify()`` nearly free.
+
+Workers start on demand (except with ``fork``, see ``_start``). A worker holds
+at most ``PREFETCH`` batches, and a second one only when its jobs are known
+to be quick; everything else waits in the Batcher, where it can still be
+cancelled, reprioritised, or batched with later arrivals.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import selectors
+import threading
+import time
+from collections import deque
+from concurrent.futures import InvalidStateError
+from concurrent.futures.process import BrokenProcessPool
+from typing import Any
+
+from .. import serialization
+from ..batching import Batcher
+from ..errors import TransportError, WorkerCrashedError, describe_exit
+from ..jobs import Batch
+from ..options import PoolConfig
+from ..transport import PipeTransport
+from ..transport.base import Channel
+from ..worker import (
+    MSG_INIT_FAILED,
+    MSG_OUTCOME,
+    MSG_SPLIT,
+    MSG_STOP,
+    WorkerSpec,
+    encode_batch,
+    parse_outcome,
+    worker_main,
+)
+from .base import Backend, fail_jobs, logger
+
+__all__ = ["ProcessBackend"]
+
+#: Batches one worker may hold at once: the one it runs and one waiting, so it
+#: never idles between batches. The second goes out only for quick jobs.
+PREFETCH = 2
+#: Seconds a stopping worker gets to exit before it is terminated, then killed.
+STOP_GRACE = 5.0
+
+_WAKE, _RESULT, _SENTINEL, _WRITE = range(4)
+_worker_ids = itertools.count()
+
+
+class _Worker:
+    """The parent's record of one worker process."""
+
+    __slots__ = ("channel", "id", "inflight", "pid", "process", "sent", "writing")
+
+    def __init__(self, process: Any, channel: Channel) -> None:
+        self.id = next(_worker_ids)
+        self.process = process
+        self.pid: int = process.pid
+        self.channel = channel
+        self.inflight: dict[int, Batch] = {}
+        self.sent = 0  # jobs sent, against max_tasks_per_child
+        self.writing = False  # registered for writability
+
+
+class ProcessBackend(Backend):
+    """Runs batches on up to ``max_workers`` worker processes."""
+
+    def __init__(self, config: PoolConfig, batcher: Batcher) -> None:
+        super().__init__(config, batcher)
+        assert config.mp_context is not None  # filled in by make_config
+        self._ctx = config.mp_context
+        self._transport = PipeTransport(self._ctx)
+        self._workers: dict[int, _Worker] = {}
+        self._resend: deque[Batch] = deque()
+        self._broken: BaseException | None = None
+        self._manager: threading.Thread | None = None
+        # Guards the one-time start only; the manager owns everything after.
+        self._start_lock = threading.Lock()
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r = self._wake_w = -1
+        self._wake_lock = threading.Lock()
+        # Set by notify() before writing to the wake-up pipe; cleared by the
+        # manager after draining the pipe and before it looks at the lanes. A
+        # job queued after the manager looked always finds the flag clear and
+        # writes, so no wake-up is lost, and a flood of submits writes once.
+        self._wake_pending = False
+        # False while every worker is full: a submit then does not wake the
+        # manager at all (it will look at the lanes when a batch comes back).
+        self._can_dispatch = True
+        self._max_tasks = config.max_tasks_per_child
+
+    # -- called from submitting threads -----------------------------------------
+
+    def notify(self) -> None:
+        if self._manager is None:
+            self._start()
+        elif self._can_dispatch and not self._wake_pending:
+            self._wake()
+
+    def _wake(self) -> None:
+        self._wake_pending = True
+        # The lock only orders this write against the pipe's closing (a closed
+        # descriptor number can be reused by anything); wake-ups are rare.
+        with self._wake_lock:
+            if self._wake_w < 0:
+                return
+            try:
+                os.write(self._wake_w, b"\0")
+            except BlockingIOError:
+                pass  # the pipe is full of wake-ups already
+
+    def _start(self) -> None:
+        with self._start_lock:
+            if self._manager is not None:
+                return
+            self._wake_r, self._wake_w = os.pipe()
+            os.set_blocking(self._wake_r, False)
+            os.set_blocking(self._wake_w, False)
+            self._selector = selectors.DefaultSelector()
+            self._selector.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
+            if self._ctx.get_start_method() == "fork":
+                # Fork every worker now, from the submitting thread and before
+                # the manager thread exists, as ProcessPoolExecutor does: a
+                # fork from a threaded process can inherit a held lock.
+                for _ in range(self.config.max_workers):
+                    if not self._spawn():
+                        break
+            self._manager = threading.Thread(
+                target=self._run, name="batchpool-manager", daemon=True
+            )
+            self._manager.start()
+
+    def begin_shutdown(self) -> None:
+        if self._manager is not None:
+            self._wake()
+
+    def join(self) -> None:
+        manager = self._manager
+        if manager is not None and manager is not threading.current_thread():
+            manager.join()
+
+    @property
+    def broken(self) -> BaseException | None:
+        return self._broken
+
+    def compat_workers(self) -> dict[Any, Any]:
+        return {w.pid: w.process for w in list(self._workers.values())}
+
+    # -- the manager thread -------------------------------------------------------
+
+    def _run(self) -> None:
+        assert self._selector is not None
+        try:
+            while True:
+                self._dispatch()
+                if self._finished():
+                    return
+                dead: list[_Worker] = []
+                for key, _ in self._selector.select(self._timeout()):
+                    kind, worker = key.data
+                    if kind == _RESULT:
+                        self._read(worker)
+                    elif kind == _WRITE:
+                        self._flush(worker)
+                    elif kind == _SENTINEL:
+                        dead.append(worker)
+                    else:
+                        # Drain first, then clear: a notify() between the two
+                        # sees the flag still set and skips its write, but its
+                        # job is already queued, and _dispatch() looks next.
+                        self._drain_wake()
+                        self._wake_pending = False
+                for worker in dead:
+                    self._on_death(worker)
+                if self._broken is not None:
+                    self._fail_everything(self._broken)
+                    return
+        except BaseException as exc:  # noqa: BLE001 - no Future may be left hanging
+            logger.exception("batchpool manager thread failed; failing all jobs")
+            error = BrokenProcessPool(f"the pool's manager thread failed: {exc!r}")
+            error.__cause__ = exc
+            self._broken = error
+            self._fail_everything(error)
+        finally:
+            self._stop_workers()
+
+    def _timeout(self) -> float | None:
+        deadline = self.batcher.next_deadline()
+        if deadline is None:
+            return None
+        return max(0.0, deadline - time.monotonic())
+
+    def _finished(self) -> bool:
+        return (
+            self.batcher.closed
+            and not self.batcher.pending
+            and not self._resend
+            and not any(w.inflight for w in self._workers.values())
+        )
+
+    def _drain_wake(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    # -- dispatch -------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        while self._broken is None and (self._resend or self.batcher.pending):
+            worker = self._pick_worker()
+            idle = worker is not None and not worker.inflight
+            if not idle and len(self._workers) < self.config.max_workers:
+                if not self._spawn():
+                    return
+                continue
+            if worker is None:
+                break
+            if self._resend and idle:
+                batch = self._resend.popleft()
+            else:
+                free = sum(1 for w in self._workers.values() if not w.inflight)
+                taken = self.batcher.take(
+                    max_jobs=self._budget(worker),
+                    idle_workers=free + self.config.max_workers - len(self._workers),
+                    prefetch=not idle,
+                )
+                if taken is None:
+                    break
+                taken.jobs = [j for j in taken.jobs if j.future.set_running_or_notify_cancel()]
+                if not taken.jobs:
+                    continue
+                batch = taken
+            self._send(worker, batch)
+        self._can_dispatch = len(self._workers) < self.config.max_workers or any(
+            len(w.inflight) < PREFETCH and self._budget(w) for w in self._workers.values()
+        )
+
+    def _budget(self, worker: _Worker) -> int:
+        if self._max_tasks is None:
+            return self.batcher.max_batch_size
+        return max(0, self._max_tasks - worker.sent)
+
+    def _pick_worker(self) -> _Worker | None:
+        best: _Worker | None = None
+        for worker in self._workers.values():
+            if not self._budget(worker) or len(worker.inflight) >= PREFETCH:
+                continue
+            if not worker.inflight:
+                return worker
+            if best is None or len(worker.inflight) < len(best.inflight):
+                best = worker
+        return best
+
+    def _send(self, worker: _Worker, batch: Batch) -> None:
+        try:
+            fn_blob = serialization.dumps_callable(batch.fn)
+        except Exception as exc:  # noqa: BLE001 - the callable fails every job of its batch
+            fail_jobs(batch.jobs, exc)
+            return
+        calls_blob, bad = serialization.dumps_each([(j.args, j.kwargs) for j in batch.jobs])
+        if bad:
+            for i, error in bad.items():
+                fail_jobs([batch.jobs[i]], error)
+            batch.jobs = [j for i, j in enumerate(batch.jobs) if i not in bad]
+            if not batch.jobs:
+                return
+        batch.worker = worker
+        batch.t_dispatch = time.monotonic()
+        worker.inflight[batch.id] = batch
+        worker.sent += len(batch.jobs)
+        worker.channel.send(encode_batch(batch.id, batch.kind, fn_blob, calls_blob))
+        if worker.channel.has_output and not worker.writing:
+            assert self._selector is not None
+            self._selector.register(worker.channel.writable_fd, selectors.EVENT_WRITE, (_WRITE, worker))
+            worker.writing = True
+
+    def _flush(self, worker: _Worker) -> None:
+        if worker.channel.flush() and worker.writing:
+            assert self._selector is not None
+            self._selector.unregister(worker.channel.writable_fd)
+            worker.writing = False
+
+    # -- workers ------------------------------------------------------------------
+
+    def _spawn(self) -> bool:
+        channel = self._transport.channel()
+        spec = WorkerSpec(
+            worker_channel=PipeTransport.worker_channel,
+            channel_end=channel.worker_end(),
+            initializer=self.config.initializer,
+            initargs=self.config.initargs,
+            max_tasks=self._max_tasks,
+        )
+        process = self._ctx.Process(  # type: ignore[attr-defined]
+            target=worker_main, args=(spec,), name="batchpool-worker"
+        )
+        try:
+            process.start()
+        except BaseException as exc:  # noqa: BLE001 - the pool cannot run anything
+            channel.close()
+            error = BrokenProcessPool(f"a worker process could not be started: {exc!r}")
+            error.__cause__ = exc
+            self._broken = error
+            if self._manager is None or self._manager is not threading.current_thread():
+                self._fail_everything(error)
+            return False
+        channel.after_start()
+        worker = _Worker(process, channel)
+        self._workers[worker.id] = worker
+        assert self._selector is not None
+        self._selector.register(channel.readable_fd, selectors.EVENT_READ, (_RESULT, worker))
+        self._selector.register(process.sentinel, selectors.EVENT_READ, (_SENTINEL, worker))
+        return True
+
+    def _read(self, worker: _Worker) -> None:
+        channel = worker.channel
+        try:
+            while channel.poll():
+                self._on_message(worker, channel.recv())
+        except (EOFError, OSError):
+            # The worker is gone; its sentinel fires next and settles its jobs.
+            # An EOF'd pipe is always readable, so stop watching it now.
+            assert self._selector is not None
+            try:
+                self._selector.unregister(channel.readable_fd)
+            except (KeyError, ValueError):
+                pass
+
+    def _on_message(self, worker: _Worker, message: bytes) -> None:
+        tag = message[:1]
+        if tag == MSG_OUTCOME:
+            self._on_outcome(worker, message)
+        elif tag == MSG_SPLIT:
+            batch_id, wrapped, fn_failed = serialization.loads(memoryview(message)[1:])
+            batch = worker.inflight.pop(batch_id, None)
+            if batch is not None:
+                worker.sent -= len(batch.jobs)  # never ran: not against its task budget
+                self._on_undecodable(batch, wrapped, fn_failed)
+        elif tag == MSG_INIT_FAILED:
+            try:
+                cause: BaseException | None = serialization.loads(memoryview(message)[1:])
+            except BaseException:  # noqa: BLE001
+                cause = None
+            error = BrokenProcessPool(
+                "A process in the process pool was terminated abruptly: "
+                f"its initializer {self.config.initializer!r} raised {cause!r}"
+            )
+            error.__cause__ = cause
+            self._broken = error
+
+    def _on_outcome(self, worker: _Worker, message: bytes) -> None:
+        batch_id, start, count, final, run_time, payload = parse_outcome(message)
+        batch = worker.inflight.get(batch_id)
+        if batch is None:
+            return
+        jobs = batch.jobs[start : start + count]
+        try:
+            values, errors = serialization.loads(payload)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit from a __reduce__ included
+            error = TransportError(f"the result could not be unpickled in the parent: {exc!r}")
+            error.__cause__ = exc
+            fail_jobs(jobs, error)
+        else:
+            if errors:
+                for i, error in errors.items():
+                    fail_jobs([jobs[i]], error)
+            for i, (job, value) in enumerate(zip(jobs, values, strict=True)):
+                if errors and i in errors:
+                    continue
+                try:
+                    job.future.set_result(value)
+                except InvalidStateError:
+                    pass
+        batch.done = start + count
+        if final:
+            del worker.inflight[batch_id]
+            self.batcher.record(batch.timing_key, len(batch.jobs), run_time)
+
+    def _on_undecodable(self, batch: Batch, wrapped: BaseException, fn_failed: bool) -> None:
+        jobs = batch.jobs
+        if fn_failed or len(jobs) == 1:
+            what = "callable" if fn_failed else "call"
+            error = TransportError(f"the {what} could not be unpickled in the worker: {wrapped!r}")
+            error.__cause__ = wrapped
+            fail_jobs(jobs, error)
+            return
+        # Some call of this batch does not unpickle over there; send each job
+        # on its own so that only the guilty one fails.
+        for job in jobs:
+            self._resend.append(Batch([job], batch.reason, batch.timing_key))
+
+    def _on_death(self, worker: _Worker) -> None:
+        self._read(worker)  # whatever it sent before dying still counts
+        assert self._selector is not None
+        for fd in (worker.channel.readable_fd, worker.process.sentinel):
+            try:
+                self._selector.unregister(fd)
+            except (KeyError, ValueError):
+                pass
+        if worker.writing:
+            self._selector.unregister(worker.channel.writable_fd)
+            worker.writing = False
+        worker.process.join()
+        exitcode = worker.process.exitcode
+        worker.channel.close()
+        del self._workers[worker.id]
+        lost = [job for batch in worker.inflight.values() for job in batch.jobs[batch.done :]]
+        worker.inflight.clear()
+        if lost:
+            logger.warning(
+                "worker pid %s %s; %d unfinished jobs failed",
+                worker.pid,
+                describe_exit(exitcode),
+                len(lost),
+            )
+            fail_jobs(lost, WorkerCrashedError(worker.pid, exitcode))
+        elif exitcode not in (0, None) and self._broken is None:
+            logger.warning("idle worker pid %s %s", worker.pid, describe_exit(exitcode))
+
+    def _fail_everything(self, error: BaseException) -> None:
+        self.batcher.close(str(error), error=type(error))
+        jobs = self.batcher.drain()
+        for worker in self._workers.values():
+            for batch in worker.inflight.values():
+                jobs.extend(batch.jobs[batch.done :])
+            worker.inflight.clear()
+        for batch in self._resend:
+            jobs.extend(batch.jobs)
+        self._resend.clear()
+        fail_jobs(jobs, error)
+
+    def _stop_workers(self) -> None:
+        workers = list(self._workers.values())
+        for worker in workers:
+            if worker.process.is_alive():
+                worker.channel.send(MSG_STOP)
+                worker.channel.flush()
+        deadline = time.monotonic() + STOP_GRACE
+        for worker in workers:
+            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if worker.process.exitcode is None:
+                worker.process.terminate()
+                worker.process.join(1.0)
+            if worker.process.exitcode is None:
+                worker.process.kill()
+                worker.process.join()
+            worker.channel.close()
+        self._workers.clear()
+        if self._selector is not None:
+            self._selector.close()
+        with self._wake_lock:
+            for fd in (self._wake_r, self._wake_w):
+                os.close(fd)
+            self._wake_r = self._wake_w = -1
+

@@ -1,0 +1,148 @@
+"""The exception tree of batchpool. Imports nothing from batchpool.
+
+Every error a user can catch from this library is defined here, so the shape of
+the failure model is visible in one place::
+
+    Exception
+    ├── BatchPoolError                      base of everything batchpool raises itself
+    │   ├── RemoteError                     a worker exception that could not travel as itself
+    │   └── (later: QueueFullError, BatchResultError, CircuitOpenError)
+    └── concurrent.futures.BrokenExecutor
+        ├── concurrent.futures.process.BrokenProcessPool
+        │   ├── WorkerCrashedError          a worker died with the job unfinished
+        │   └── TransportError              a job or result could not be unpickled
+        │                                   on the far side; only that job fails
+        └── concurrent.futures.thread.BrokenThreadPool
+
+``WorkerCrashedError`` and ``TransportError`` subclass ``BrokenProcessPool`` so
+that code written for ``ProcessPoolExecutor`` (``except BrokenProcessPool``)
+keeps working, although with batchpool only the affected jobs fail and the pool
+itself goes on. A pool that cannot start workers at all (a failing
+``initializer``) raises plain ``BrokenProcessPool`` / ``BrokenThreadPool``, as
+the standard library does.
+"""
+
+from __future__ import annotations
+
+import signal
+from concurrent.futures.process import BrokenProcessPool
+
+__all__ = [
+    "BatchPoolError",
+    "RemoteError",
+    "RemoteTraceback",
+    "TransportError",
+    "WorkerCrashedError",
+]
+
+
+class BatchPoolError(Exception):
+    """Base class of the errors batchpool raises itself.
+
+    Example:
+        >>> issubclass(WorkerCrashedError, BatchPoolError)
+        True
+    """
+
+
+class RemoteTraceback(Exception):
+    """The formatted traceback of an exception raised in a worker.
+
+    It is attached as ``__cause__`` of the re-raised exception, so the worker's
+    frames are printed under the parent's traceback.
+
+    Example:
+        >>> RemoteTraceback("Traceback ...").tb
+        'Traceback ...'
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+class RemoteError(BatchPoolError):
+    """A worker exception that could not be pickled back as itself.
+
+    Attributes:
+        type_name: qualified name of the original exception type.
+        message: ``str()`` of the original exception.
+
+    Example:
+        >>> str(RemoteError("mod.Weird", "boom"))
+        'mod.Weird: boom (the exception could not be pickled back from the worker)'
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        super().__init__(type_name, message)
+        self.type_name = type_name
+        self.message = message
+
+    def __str__(self) -> str:
+        return (
+            f"{self.type_name}: {self.message} "
+            "(the exception could not be pickled back from the worker)"
+        )
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Say how a process ended and what probably caused it, for crash messages.
+
+    Example:
+        >>> describe_exit(-9)
+        'killed by signal SIGKILL (out of memory, or killed from outside)'
+    """
+    if exitcode is None:
+        return "exit status unknown"
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        cause = {
+            "SIGKILL": "out of memory, or killed from outside",
+            "SIGSEGV": "a crash in native code",
+            "SIGBUS": "a crash in native code",
+            "SIGABRT": "an abort in native code",
+            "SIGTERM": "terminated from outside",
+        }.get(name)
+        return f"killed by signal {name}" + (f" ({cause})" if cause else "")
+    return f"exited with code {exitcode}"
+
+
+class WorkerCrashedError(BatchPoolError, BrokenProcessPool):
+    """A worker process died while this job was unfinished.
+
+    The pool replaces the worker and goes on; only the jobs that were running
+    on it (and whose retry policy does not allow another attempt) fail.
+
+    Attributes:
+        pid: the dead worker's process id.
+        exitcode: its exit code (negative: the signal that killed it).
+
+    Example:
+        >>> str(WorkerCrashedError(1234, -11))
+        'worker pid 1234 killed by signal SIGSEGV (a crash in native code) while running this job'
+    """
+
+    def __init__(self, pid: int | None, exitcode: int | None) -> None:
+        super().__init__(pid, exitcode)
+        self.pid = pid
+        self.exitcode = exitcode
+
+    def __str__(self) -> str:
+        return f"worker pid {self.pid} {describe_exit(self.exitcode)} while running this job"
+
+
+class TransportError(BatchPoolError, BrokenProcessPool):
+    """A job's call or its result could not be unpickled on the other side.
+
+    The original error is the ``__cause__``. Only this job fails.
+
+    Example:
+        >>> str(TransportError("the call could not be unpickled in the worker"))
+        'the call could not be unpickled in the worker'
+    """

@@ -1,0 +1,149 @@
+"""The records that flow through the pool.
+
+Imports only ``batchpool.errors`` and ``batchpool.options``.
+
+Three kinds of record, kept apart on purpose (as in CPython's
+``concurrent.futures.process``):
+
+* ``Job`` stays in the parent and holds the user's ``Future``.
+* A wire batch (``WireBatch``) crosses to the worker: a batch id, the callable
+  once, and the calls' arguments. It never holds a Future.
+* An outcome comes back (framed by ``batchpool.worker``): per job either a
+  value or an exception, and the batch's run time, possibly in several parts
+  for a long batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any, NamedTuple
+
+from .errors import RemoteError, RemoteTraceback
+from .options import Priority
+
+__all__ = [
+    "CALLS",
+    "CHUNKS",
+    "Batch",
+    "ChunkResult",
+    "ExceptionWithTraceback",
+    "Job",
+    "WireBatch",
+    "rebuild_exception",
+]
+
+#: Batch kinds. A lane, and therefore a batch, holds jobs of one kind only.
+CALLS = 0  # each job is one call fn(*args, **kwargs)
+CHUNKS = 1  # each job is a run of map() items: fn(*item) for each item
+
+_job_ids = itertools.count()
+_batch_ids = itertools.count()
+
+
+class Job:
+    """One submitted call, parent side. Holds the Future the user got back.
+
+    Cheap on purpose (it is made once per ``submit``): slots, no lock of its own.
+    """
+
+    __slots__ = ("args", "fn", "future", "id", "kind", "kwargs", "priority", "t_submit")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        future: Future[Any],
+        kind: int = CALLS,
+        priority: Priority = Priority.NORMAL,
+    ) -> None:
+        self.id = next(_job_ids)
+        self.fn = fn
+        self.args = args
+        self.kwargs = kwargs or None
+        self.future = future
+        self.kind = kind
+        self.priority = priority
+        self.t_submit = time.monotonic()
+
+
+class Batch:
+    """A group of jobs cut from one lane and sent to one worker, parent side."""
+
+    __slots__ = ("done", "fn", "id", "jobs", "kind", "reason", "t_dispatch", "timing_key", "worker")
+
+    def __init__(self, jobs: list[Job], reason: str, timing_key: object) -> None:
+        self.id = next(_batch_ids)
+        self.jobs = jobs
+        self.fn = jobs[0].fn
+        self.kind = jobs[0].kind
+        self.reason = reason
+        self.timing_key = timing_key
+        self.done = 0  # jobs at the front whose outcome is already in
+        self.worker: object = None
+        self.t_dispatch = 0.0
+
+    def to_wire(self) -> WireBatch:
+        """The part of this batch that crosses to a worker."""
+        return WireBatch(self.id, self.kind, self.fn, [(j.args, j.kwargs) for j in self.jobs])
+
+
+class WireBatch(NamedTuple):
+    """What a worker receives: one callable and the arguments of each call."""
+
+    batch_id: int
+    kind: int
+    fn: Callable[..., Any]
+    calls: list[tuple[tuple[Any, ...], dict[str, Any] | None]]
+
+
+class ChunkResult(NamedTuple):
+    """The result of one ``CHUNKS`` job: one value or exception per item."""
+
+    values: list[Any]
+    errors: dict[int, BaseException]
+
+
+def rebuild_exception(exc: BaseException, tb: str) -> BaseException:
+    """Re-attach a worker's traceback text to its exception (unpickling hook)."""
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+class ExceptionWithTraceback:
+    """Carries an exception and its formatted traceback across a pickle.
+
+    Unpickles as the original exception, with a ``RemoteTraceback`` as
+    ``__cause__`` so the worker's frames show up in the parent's traceback.
+    """
+
+    __slots__ = ("exc", "tb")
+
+    def __init__(self, exc: BaseException) -> None:
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        # Frames keep every local of the failed call alive; drop them now.
+        exc.__traceback__ = None
+        self.exc = exc
+        self.tb = f'\n"""\n{text}"""'
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return rebuild_exception, (self.exc, self.tb)
+
+    def as_remote_error(self) -> ExceptionWithTraceback:
+        """A stand-in that always pickles, for an exception that does not."""
+        kind = type(self.exc)
+        stand_in = ExceptionWithTraceback.__new__(ExceptionWithTraceback)
+        stand_in.exc = RemoteError(f"{kind.__module__}.{kind.__qualname__}", _safe_str(self.exc))
+        stand_in.tb = self.tb
+        return stand_in
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not hide the error
+        return f"<{type(exc).__name__} with a failing __str__>"

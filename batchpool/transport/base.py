@@ -1,0 +1,79 @@
+"""The transport interface: a message channel between the parent and a worker.
+
+Messages are whole ``bytes`` objects; framing is the transport's business.
+The parent side never blocks on a send (its one manager thread also has to
+read results and watch sentinels, and a blocking send to a worker that is
+itself blocked sending results would deadlock both), so ``send`` queues what
+does not fit and ``flush`` writes more when the channel is writable.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any
+
+
+class Channel(abc.ABC):
+    """Parent end of the channel to one worker."""
+
+    @abc.abstractmethod
+    def send(self, data: bytes) -> None:
+        """Queue one message for the worker; never blocks."""
+
+    @abc.abstractmethod
+    def flush(self) -> bool:
+        """Write queued bytes without blocking; True when nothing is left queued."""
+
+    @property
+    @abc.abstractmethod
+    def has_output(self) -> bool:
+        """True while queued bytes wait for the channel to become writable."""
+
+    @abc.abstractmethod
+    def recv(self) -> bytes:
+        """Read one message; call when ``readable_fd`` is readable.
+
+        Raises:
+            EOFError: the worker's end is closed.
+        """
+
+    @abc.abstractmethod
+    def poll(self) -> bool:
+        """True when a message (or EOF) can be read without blocking."""
+
+    @property
+    @abc.abstractmethod
+    def readable_fd(self) -> int:
+        """File descriptor to wait on for messages from the worker."""
+
+    @property
+    @abc.abstractmethod
+    def writable_fd(self) -> int:
+        """File descriptor to wait on for room to send (while ``has_output``)."""
+
+    @abc.abstractmethod
+    def worker_end(self) -> Any:
+        """The picklable object a worker process turns into its WorkerChannel."""
+
+    def after_start(self) -> None:  # noqa: B027 - optional hook, empty by default
+        """Called once the worker process has started and holds its end."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the parent's resources of this channel (idempotent)."""
+
+
+class WorkerChannel(abc.ABC):
+    """Worker end of the channel; blocking calls are fine on this side."""
+
+    @abc.abstractmethod
+    def recv(self, timeout: float | None) -> bytes | None:
+        """Next message from the parent, or None after ``timeout`` seconds.
+
+        Raises:
+            EOFError: the parent's end is closed (the parent is gone).
+        """
+
+    @abc.abstractmethod
+    def send(self, data: bytes) -> None:
+        """Send one message to the parent (may block until it reads)."""

@@ -1,0 +1,224 @@
+"""The worker: run a batch, job by job, and send back one outcome per job.
+
+Imports ``batchpool.jobs``, ``batchpool.serialization`` and the transport
+interface; never the executor, the backends or rich (spawned workers import
+this module, and it must stay light).
+
+Wire protocol, parent -> worker (one message each):
+    ``B`` header(batch id, kind, len(fn)) + pickled callable + pickled calls
+    ``Q`` stop after the current batch
+worker -> parent:
+    ``R`` header(batch id, start, count, final, run time) + pickled
+          (values, errors): a part or the rest of a batch
+    ``S`` pickled (batch id, exception, callable_failed): the batch could not
+          be unpickled here; the parent fails or splits it
+    ``I`` pickled exception: the initializer failed; this worker is exiting
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import serialization
+from .jobs import CALLS, ChunkResult, ExceptionWithTraceback
+
+__all__ = [
+    "MSG_BATCH",
+    "MSG_INIT_FAILED",
+    "MSG_OUTCOME",
+    "MSG_SPLIT",
+    "MSG_STOP",
+    "WorkerSpec",
+    "encode_batch",
+    "parse_outcome",
+    "run_chunk",
+    "worker_main",
+]
+
+MSG_BATCH = b"B"
+MSG_STOP = b"Q"
+MSG_OUTCOME = b"R"
+MSG_SPLIT = b"S"
+MSG_INIT_FAILED = b"I"
+
+_BATCH_HEADER = struct.Struct("<cQBI")
+_OUTCOME_HEADER = struct.Struct("<cQII?d")
+
+#: A batch that runs longer than this sends what it has finished so far, so
+#: one slow job does not hold its batch-mates' results hostage (and a crash
+#: later in the batch loses nothing that already finished).
+STREAM_INTERVAL = 0.05
+
+#: While idle, a worker looks this often whether its parent is still alive, so
+#: workers of a killed parent exit on their own instead of lingering.
+PARENT_CHECK_INTERVAL = 1.0
+
+
+@dataclass(frozen=True)
+class WorkerSpec:
+    """Everything a worker process needs; pickled once to start it."""
+
+    worker_channel: Callable[[Any], Any]
+    channel_end: Any
+    initializer: Callable[..., object] | None
+    initargs: tuple[Any, ...]
+    max_tasks: int | None
+
+
+def encode_batch(batch_id: int, kind: int, fn_blob: bytes, calls_blob: bytes) -> bytes:
+    """Frame one batch for the wire (the callable and calls already pickled)."""
+    return b"".join(
+        (_BATCH_HEADER.pack(MSG_BATCH, batch_id, kind, len(fn_blob)), fn_blob, calls_blob)
+    )
+
+
+def run_chunk(
+    fn: Callable[..., Any],
+    items: list[tuple[Any, ...]],
+    wrap: Callable[[BaseException], Any],
+) -> ChunkResult:
+    """Run ``fn(*item)`` for each item of a ``map`` chunk, one outcome per item."""
+    values: list[Any] = []
+    errors: dict[int, Any] = {}
+    for i, args in enumerate(items):
+        try:
+            values.append(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - reported on that item
+            values.append(None)
+            errors[i] = wrap(exc)
+    return ChunkResult(values, errors)
+
+
+def _encode_outcome(
+    batch_id: int, start: int, values: list[Any], errors: dict[int, Any], run_time: float, final: bool
+) -> bytes:
+    # The header stays outside the pickle: if the parent cannot unpickle the
+    # payload it still knows which jobs to fail.
+    header = _OUTCOME_HEADER.pack(MSG_OUTCOME, batch_id, start, len(values), final, run_time)
+    try:
+        return header + serialization.dumps((values, errors))
+    except BaseException:  # noqa: BLE001 - SystemExit in __reduce__ must not kill us
+        pass
+    return header + serialization.dumps(_make_picklable(values, errors))
+
+
+def parse_outcome(message: bytes) -> tuple[int, int, int, bool, float, memoryview]:
+    """Split an ``R`` message into batch id, start, count, final, run time, payload."""
+    _, batch_id, start, count, final, run_time = _OUTCOME_HEADER.unpack_from(message)
+    return batch_id, start, count, bool(final), run_time, memoryview(message)[_OUTCOME_HEADER.size :]
+
+
+def _make_picklable(values: list[Any], errors: dict[int, Any]) -> tuple[list[Any], dict[int, Any]]:
+    """Replace each value or error that does not pickle by an error that does."""
+    values = list(values)
+    errors = dict(errors)
+    for i, value in enumerate(values):
+        if i in errors:
+            continue
+        if isinstance(value, ChunkResult):
+            values[i] = ChunkResult(*_make_picklable(value.values, value.errors))
+            continue
+        try:
+            serialization.dumps(value)
+        except BaseException as exc:  # noqa: BLE001 - becomes that job's error
+            values[i] = None
+            errors[i] = ExceptionWithTraceback(exc)
+    for i, error in errors.items():
+        try:
+            serialization.dumps(error)
+        except BaseException:  # noqa: BLE001 - fall back to a stand-in that pickles
+            errors[i] = error.as_remote_error()
+    return values, errors
+
+
+def _run_batch(channel: Any, batch_id: int, kind: int, fn: Callable[..., Any], calls: list[Any]) -> None:
+    values: list[Any] = []
+    errors: dict[int, Any] = {}
+    start = 0
+    last = len(calls) - 1
+    t0 = t_sent = time.perf_counter()
+    for i, (args, kwargs) in enumerate(calls):
+        try:
+            if kind == CALLS:
+                values.append(fn(*args, **kwargs) if kwargs else fn(*args))
+            else:
+                values.append(run_chunk(fn, args[0], ExceptionWithTraceback))
+        except BaseException as exc:  # noqa: BLE001 - SystemExit included, as in the stdlib
+            errors[len(values)] = ExceptionWithTraceback(exc)
+            values.append(None)
+        now = time.perf_counter()
+        if now - t_sent > STREAM_INTERVAL and i < last:
+            channel.send(_encode_outcome(batch_id, start, values, errors, now - t0, False))
+            start += len(values)
+            values, errors = [], {}
+            t_sent = now
+    channel.send(_encode_outcome(batch_id, start, values, errors, time.perf_counter() - t0, True))
+
+
+def _handle_batch(channel: Any, message: bytes) -> int:
+    _, batch_id, kind, fn_len = _BATCH_HEADER.unpack_from(message)
+    start = _BATCH_HEADER.size
+    view = memoryview(message)
+    try:
+        fn = serialization.loads(view[start : start + fn_len])
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the jobs
+        channel.send(MSG_SPLIT + serialization.dumps((batch_id, ExceptionWithTraceback(exc), True)))
+        return 0
+    try:
+        calls = serialization.loads(view[start + fn_len :])
+    except BaseException as exc:  # noqa: BLE001 - the parent splits the batch to find the bad job
+        channel.send(MSG_SPLIT + serialization.dumps((batch_id, ExceptionWithTraceback(exc), False)))
+        return 0
+    del view, message
+    _run_batch(channel, batch_id, kind, fn, calls)
+    return len(calls)
+
+
+def worker_main(spec: WorkerSpec) -> None:
+    """Entry point of a worker process: initialize, then run batches until told to stop."""
+    # Ctrl-C reaches the whole process group; the parent decides what it means
+    # (drain, cancel), so a worker must not die of it mid-batch.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    channel = spec.worker_channel(spec.channel_end)
+    parent = os.getppid()
+    if spec.initializer is not None:
+        try:
+            spec.initializer(*spec.initargs)
+        except BaseException as exc:
+            # Logged where ProcessPoolExecutor logs it, so handlers set up for
+            # the standard pools see it too.
+            logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
+            channel.send(MSG_INIT_FAILED + serialization.dumps(_picklable_error(exc)))
+            return
+    done = 0
+    while True:
+        try:
+            message = channel.recv(PARENT_CHECK_INTERVAL)
+        except (EOFError, OSError):
+            return  # the parent closed our channel: it is gone
+        if message is None:
+            if os.getppid() != parent:
+                return
+            continue
+        if message[:1] == MSG_STOP:
+            return
+        done += _handle_batch(channel, message)
+        del message
+        if spec.max_tasks is not None and done >= spec.max_tasks:
+            return
+
+
+def _picklable_error(exc: BaseException) -> ExceptionWithTraceback:
+    wrapped = ExceptionWithTraceback(exc)
+    try:
+        serialization.dumps(wrapped)
+    except BaseException:  # noqa: BLE001
+        return wrapped.as_remote_error()
+    return wrapped

@@ -1,0 +1,123 @@
+"""Module-level callables for tests: worker processes import them by name."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+
+def add_one(x: int) -> int:
+    return x + 1
+
+
+def mul(x: int, y: int) -> int:
+    return x * y
+
+
+def capture(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, kwargs
+
+
+def raise_value_error(message: str) -> None:
+    raise ValueError(message)  # the line tests look for in remote tracebacks
+
+
+def wait_for(event: Any, timeout: float = 30.0) -> bool:
+    return bool(event.wait(timeout))
+
+
+def sleep_and_return(seconds: float, value: Any) -> Any:
+    time.sleep(seconds)
+    return value
+
+
+def getpid(_: Any = None) -> int:
+    return os.getpid()
+
+
+def exit_now(code: int = 1) -> None:
+    os._exit(code)
+
+
+def sys_exit() -> None:
+    sys.exit(1)
+
+
+def echo(value: Any) -> Any:
+    return value
+
+
+def init_fail(*_: Any) -> None:
+    raise ValueError("error in initializer")
+
+
+_STATE = {"value": "uninitialized"}
+
+
+def init_set(value: str) -> None:
+    _STATE["value"] = value
+
+
+def get_state() -> str:
+    return _STATE["value"]
+
+
+def record_batch_sizes(x: int) -> int:
+    return x
+
+
+class ErrorAtPickle:
+    """Raises when pickled."""
+
+    def __reduce__(self) -> Any:
+        from pickle import PicklingError
+
+        raise PicklingError("Error in pickle")
+
+
+def _raise_unpickling() -> Any:
+    from pickle import UnpicklingError
+
+    raise UnpicklingError("Error in unpickle")
+
+
+class ErrorAtUnpickle:
+    """Pickles fine, raises when unpickled."""
+
+    def __reduce__(self) -> Any:
+        return _raise_unpickling, ()
+
+
+def return_error_at_pickle(_: Any = None) -> ErrorAtPickle:
+    return ErrorAtPickle()
+
+
+def return_error_at_unpickle(_: Any = None) -> ErrorAtUnpickle:
+    return ErrorAtUnpickle()
+
+
+class Unpicklable(Exception):
+    """An exception whose pickling fails (it holds a lock)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        super().__init__("holds a lock")
+        self.lock = threading.Lock()
+
+
+def raise_unpicklable() -> None:
+    raise Unpicklable()
+
+
+class Payload:
+    """A weak-referenceable object with a method, picklable by reference."""
+
+    def method(self) -> str:
+        return "ran"
+
+
+def make_payload(_: Any = None) -> Payload:
+    return Payload()
