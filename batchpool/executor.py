@@ -280,6 +280,10 @@ class BatchPoolExecutor(Executor):
         return self._backend.compat_workers() if self._config.backend == "process" else {}
 
     @property
+    def _executor_manager_thread(self) -> Any:
+        return getattr(self._backend, "manager_thread", None)
+
+    @property
     def _threads(self) -> set[Any]:
         return set(self._backend.compat_workers().values()) if self._config.backend == "thread" else set()
 

@@ -114,7 +114,8 @@ class ProcessBackend(Backend):
 
     def notify(self) -> None:
         if self._manager is None:
-            self._start()
+            if self._broken is None:
+                self._start()
         elif self._can_dispatch and not self._wake_pending:
             self._wake()
 
@@ -139,17 +140,28 @@ class ProcessBackend(Backend):
             os.set_blocking(self._wake_w, False)
             self._selector = selectors.DefaultSelector()
             self._selector.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
-            if self._ctx.get_start_method() == "fork":
-                # Fork every worker now, from the submitting thread and before
-                # the manager thread exists, as ProcessPoolExecutor does: a
-                # fork from a threaded process can inherit a held lock.
-                for _ in range(self.config.max_workers):
-                    if not self._spawn():
-                        break
-            self._manager = threading.Thread(
-                target=self._run, name="batchpool-manager", daemon=True
-            )
-            self._manager.start()
+            # The first worker (with fork: every worker) starts here, in the
+            # submitting thread, as with ProcessPoolExecutor. For fork this is
+            # a matter of safety: a fork from a threaded process can inherit a
+            # lock some other thread held, so fork before the manager exists.
+            # For the others it gives the manager time to dispatch the first
+            # batch while this thread waits on the start, so a shutdown right
+            # after a burst of submits finds work already running.
+            first = self.config.max_workers if self._ctx.get_start_method() == "fork" else 1
+            for _ in range(first):
+                if not self._spawn():
+                    return
+            manager = threading.Thread(target=self._run, name="batchpool-manager", daemon=True)
+            try:
+                manager.start()
+            except RuntimeError as exc:  # e.g. "can't create new thread at interpreter shutdown"
+                error = BrokenProcessPool(f"the pool's manager thread could not start: {exc}")
+                error.__cause__ = exc
+                self._broken = error
+                self._fail_everything(error)
+                self._stop_workers()
+                return
+            self._manager = manager
 
     def begin_shutdown(self) -> None:
         if self._manager is not None:
@@ -163,6 +175,11 @@ class ProcessBackend(Backend):
     @property
     def broken(self) -> BaseException | None:
         return self._broken
+
+    @property
+    def manager_thread(self) -> threading.Thread | None:
+        """The manager thread, once started (for ProcessPoolExecutor-style joins)."""
+        return self._manager
 
     def compat_workers(self) -> dict[Any, Any]:
         return {w.pid: w.process for w in list(self._workers.values())}
@@ -324,8 +341,9 @@ class ProcessBackend(Backend):
             error = BrokenProcessPool(f"a worker process could not be started: {exc!r}")
             error.__cause__ = exc
             self._broken = error
-            if self._manager is None or self._manager is not threading.current_thread():
+            if self._manager is None:  # called from _start(): nobody else will
                 self._fail_everything(error)
+                self._stop_workers()
             return False
         channel.after_start()
         worker = _Worker(process, channel)
