@@ -16,16 +16,20 @@ from .errors import RemoteTraceback as RemoteTraceback
 from .errors import TransportError as TransportError
 from .errors import WorkerCrashedError as WorkerCrashedError
 from .executor import BatchPoolExecutor as BatchPoolExecutor
+from .jobs import JobInfo as JobInfo
+from .jobs import job_info as job_info
 from .options import Priority as Priority
 
 __all__ = [
     "BatchPoolError",
     "BatchPoolExecutor",
+    "JobInfo",
     "Priority",
     "RemoteError",
     "RemoteTraceback",
     "TransportError",
     "WorkerCrashedError",
+    "job_info",
 ]
 
 __version__ = "0.1.0"

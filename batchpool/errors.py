@@ -82,10 +82,7 @@ class RemoteError(BatchPoolError):
         self.message = message
 
     def __str__(self) -> str:
-        return (
-            f"{self.type_name}: {self.message} "
-            "(the exception could not be pickled back from the worker)"
-        )
+        return f"{self.type_name}: {self.message} (the exception could not be pickled back from the worker)"
 
 
 def describe_exit(exitcode: int | None) -> str:

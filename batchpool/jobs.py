@@ -32,7 +32,9 @@ __all__ = [
     "ChunkResult",
     "ExceptionWithTraceback",
     "Job",
+    "JobInfo",
     "WireBatch",
+    "job_info",
     "rebuild_exception",
 ]
 
@@ -74,7 +76,7 @@ class Job:
 class Batch:
     """A group of jobs cut from one lane and sent to one worker, parent side."""
 
-    __slots__ = ("done", "fn", "id", "jobs", "kind", "reason", "t_dispatch", "timing_key", "worker")
+    __slots__ = ("done", "fn", "id", "jobs", "kind", "reason", "record", "t_dispatch", "timing_key", "worker")
 
     def __init__(self, jobs: list[Job], reason: str, timing_key: object) -> None:
         self.id = next(_batch_ids)
@@ -86,10 +88,71 @@ class Batch:
         self.done = 0  # jobs at the front whose outcome is already in
         self.worker: object = None
         self.t_dispatch = 0.0
+        self.record: _BatchRecord | None = None
+
+    def mark_dispatched(self) -> None:
+        """Stamp the dispatch time and let each job's Future say where it went."""
+        self.t_dispatch = time.monotonic()
+        record = self.record = _BatchRecord(self)
+        for job in self.jobs:
+            # One small tuple per job, on the Future itself: no registry to
+            # clean up, and it lives exactly as long as the user's Future.
+            job.future._batchpool_info = (record, job.t_submit)  # type: ignore[attr-defined]
+
+    def mark_done(self, run_time: float) -> None:
+        """Record the measured run time of the whole batch."""
+        if self.record is not None:
+            self.record.run_time = run_time
 
     def to_wire(self) -> WireBatch:
         """The part of this batch that crosses to a worker."""
         return WireBatch(self.id, self.kind, self.fn, [(j.args, j.kwargs) for j in self.jobs])
+
+
+class _BatchRecord:
+    __slots__ = ("id", "reason", "run_time", "size", "t_dispatch")
+
+    def __init__(self, batch: Batch) -> None:
+        self.id = batch.id
+        self.size = len(batch.jobs)
+        self.reason = batch.reason
+        self.t_dispatch = batch.t_dispatch
+        self.run_time: float | None = None
+
+
+class JobInfo(NamedTuple):
+    """Where a job went (see ``job_info``)."""
+
+    batch_id: int
+    """Id of the batch that carried the job, unique within the process."""
+    batch_size: int
+    """Jobs in that batch."""
+    flush_reason: str
+    """Why the batch left its lane: 'size', 'delay', 'free worker' or 'shutdown'."""
+    queue_wait: float
+    """Seconds from submit() to dispatch."""
+    batch_run_time: float | None
+    """Seconds the whole batch ran in its worker (None until it finished)."""
+
+
+def job_info(future: Future[Any]) -> JobInfo | None:
+    """Tell which batch carried a job, why it was sent, and how long it waited.
+
+    Returns None for a Future batchpool did not make or has not dispatched yet.
+
+    Example:
+        >>> from batchpool import BatchPoolExecutor
+        >>> with BatchPoolExecutor(backend="thread") as ex:
+        ...     fut = ex.submit(abs, -1)
+        ...     _ = fut.result(timeout=10)
+        >>> job_info(fut).batch_size
+        1
+    """
+    info = getattr(future, "_batchpool_info", None)
+    if info is None:
+        return None
+    record, t_submit = info
+    return JobInfo(record.id, record.size, record.reason, record.t_dispatch - t_submit, record.run_time)
 
 
 class WireBatch(NamedTuple):

@@ -146,23 +146,15 @@ def make_config(
     if initializer is not None and not callable(initializer):
         raise TypeError("initializer must be a callable")
     if not isinstance(thread_name_prefix, str):
-        raise TypeError(
-            f"thread_name_prefix must be a str, got {type(thread_name_prefix).__name__}"
-        )
+        raise TypeError(f"thread_name_prefix must be a str, got {type(thread_name_prefix).__name__}")
     if max_tasks_per_child is not None:
         _check_int("max_tasks_per_child", max_tasks_per_child, 1)
     if mp_context is not None and not isinstance(mp_context, multiprocessing.context.BaseContext):
-        raise TypeError(
-            "mp_context must be a multiprocessing context, "
-            f"got {type(mp_context).__name__}"
-        )
+        raise TypeError(f"mp_context must be a multiprocessing context, got {type(mp_context).__name__}")
     if backend == "process":
         if mp_context is None:
             mp_context = _default_context(max_tasks_per_child)
-        elif (
-            max_tasks_per_child is not None
-            and mp_context.get_start_method(allow_none=False) == "fork"
-        ):
+        elif max_tasks_per_child is not None and mp_context.get_start_method(allow_none=False) == "fork":
             raise ValueError(
                 "max_tasks_per_child is incompatible with the 'fork' "
                 "multiprocessing start method; supply a different mp_context."

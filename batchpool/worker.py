@@ -74,9 +74,7 @@ class WorkerSpec:
 
 def encode_batch(batch_id: int, kind: int, fn_blob: bytes, calls_blob: bytes) -> bytes:
     """Frame one batch for the wire (the callable and calls already pickled)."""
-    return b"".join(
-        (_BATCH_HEADER.pack(MSG_BATCH, batch_id, kind, len(fn_blob)), fn_blob, calls_blob)
-    )
+    return b"".join((_BATCH_HEADER.pack(MSG_BATCH, batch_id, kind, len(fn_blob)), fn_blob, calls_blob))
 
 
 def run_chunk(

@@ -121,3 +121,27 @@ class Payload:
 
 def make_payload(_: Any = None) -> Payload:
     return Payload()
+
+
+PICKLE_COUNT = {"n": 0}
+
+
+def _rebuild_counting() -> CountingCallable:
+    return CountingCallable()
+
+
+class CountingCallable:
+    """A callable that counts how often the parent pickles it."""
+
+    def __call__(self, x: int) -> int:
+        return x * 2
+
+    def __reduce__(self) -> Any:
+        PICKLE_COUNT["n"] += 1
+        return _rebuild_counting, ()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, CountingCallable)
+
+    def __hash__(self) -> int:
+        return 1

@@ -305,7 +305,7 @@ class ProcessBackend(Backend):
             if not batch.jobs:
                 return
         batch.worker = worker
-        batch.t_dispatch = time.monotonic()
+        batch.mark_dispatched()
         worker.inflight[batch.id] = batch
         worker.sent += len(batch.jobs)
         worker.channel.send(encode_batch(batch.id, batch.kind, fn_blob, calls_blob))
@@ -415,6 +415,7 @@ class ProcessBackend(Backend):
         batch.done = start + count
         if final:
             del worker.inflight[batch_id]
+            batch.mark_done(run_time)
             self.batcher.record(batch.timing_key, len(batch.jobs), run_time)
 
     def _on_undecodable(self, batch: Batch, wrapped: BaseException, fn_failed: bool) -> None:
@@ -493,4 +494,3 @@ class ProcessBackend(Backend):
             for fd in (self._wake_r, self._wake_w):
                 os.close(fd)
             self._wake_r = self._wake_w = -1
-

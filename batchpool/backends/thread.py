@@ -64,9 +64,7 @@ class ThreadBackend(Backend):
             try:
                 config.initializer(*config.initargs)
             except BaseException:
-                logging.getLogger("concurrent.futures").critical(
-                    "Exception in initializer:", exc_info=True
-                )
+                logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
                 self._initializer_failed()
                 return
         while True:
@@ -79,7 +77,8 @@ class ThreadBackend(Backend):
             del batch
 
     def _run(self, batch: Batch) -> None:
-        jobs = [job for job in batch.jobs if job.future.set_running_or_notify_cancel()]
+        jobs = batch.jobs = [job for job in batch.jobs if job.future.set_running_or_notify_cancel()]
+        batch.mark_dispatched()
         fn = batch.fn
         chunks = batch.kind != CALLS
         t0 = time.perf_counter()
@@ -96,15 +95,15 @@ class ThreadBackend(Backend):
                 job.future.set_exception(exc)
             else:
                 job.future.set_result(result)
-        self.batcher.record(batch.timing_key, len(jobs), time.perf_counter() - t0)
+        run_time = time.perf_counter() - t0
+        batch.mark_done(run_time)
+        self.batcher.record(batch.timing_key, len(jobs), run_time)
         # A raised exception's traceback holds this frame; clearing the locals
         # breaks the cycle exception -> frame -> job -> future -> exception.
         del jobs, job, fn
 
     def _initializer_failed(self) -> None:
-        error = BrokenThreadPool(
-            "A thread initializer failed, the thread pool is not usable anymore"
-        )
+        error = BrokenThreadPool("A thread initializer failed, the thread pool is not usable anymore")
         self._broken = error
         self.batcher.close(str(error), error=BrokenThreadPool)
         fail_jobs(self.batcher.drain(), error)

@@ -108,9 +108,7 @@ class Batcher:
         self._cond = threading.Condition(self._lock)
         self._lanes: dict[Hashable, _Lane] = {}
         # Lanes that hold jobs, per priority, in round-robin order.
-        self._active: dict[int, OrderedDict[Hashable, _Lane]] = {
-            int(p): OrderedDict() for p in Priority
-        }
+        self._active: dict[int, OrderedDict[Hashable, _Lane]] = {int(p): OrderedDict() for p in Priority}
         self._estimates: OrderedDict[Hashable, float] = OrderedDict()
         self._pending = 0
         self._waiters = 0  # threads blocked in take_wait(); read without the lock
@@ -251,9 +249,7 @@ class Batcher:
         sample = seconds / jobs
         with self._lock:
             old = self._estimates.pop(key, None)
-            self._estimates[key] = (
-                sample if old is None else old + _EWMA_WEIGHT * (sample - old)
-            )
+            self._estimates[key] = sample if old is None else old + _EWMA_WEIGHT * (sample - old)
             if len(self._estimates) > _MAX_ESTIMATES:
                 self._estimates.popitem(last=False)
 

@@ -16,9 +16,7 @@ from batchpool import BatchPoolExecutor
 FACTORIES: dict[str, Callable[..., Executor]] = {
     "batchpool-process": lambda **kw: BatchPoolExecutor(backend="process", **kw),
     "batchpool-thread": lambda **kw: BatchPoolExecutor(backend="thread", **kw),
-    "stdlib-process": lambda **kw: ProcessPoolExecutor(
-        mp_context=multiprocessing.get_context("forkserver"), **kw
-    ),
+    "stdlib-process": lambda **kw: ProcessPoolExecutor(mp_context=multiprocessing.get_context("forkserver"), **kw),
     "stdlib-thread": lambda **kw: ThreadPoolExecutor(**kw),
 }
 

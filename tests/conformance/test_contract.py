@@ -194,7 +194,7 @@ def test_run_in_executor(make: Callable[..., Executor]) -> None:
     assert asyncio.run(asyncio.wait_for(main(), TIMEOUT)) == list(range(1, 21))
 
 
-def test_failing_initializer_breaks_the_pool(make: Callable[..., Executor], caplog: pytest.LogCaptureFixture) -> None:
+def test_failing_initializer_breaks_the_pool(make: Callable[..., Executor]) -> None:
     ex = make(max_workers=2, initializer=helpers.init_fail)
     try:
         fut = ex.submit(helpers.get_state)

@@ -1,0 +1,164 @@
+"""The Batcher on its own: no threads, no processes, a fake clock."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from batchpool.batching import Batcher
+from batchpool.jobs import Job
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def job(fn: object = abs, clock: Clock | None = None) -> Job:
+    j = Job(fn, (1,), None, Future())  # type: ignore[arg-type]
+    if clock is not None:
+        j.t_submit = clock.now
+    return j
+
+
+def test_free_worker_takes_what_is_waiting() -> None:
+    b = Batcher(max_batch_size=4, max_delay=0)
+    b.record(("builtins", "abs", 0), 10, 0.00001)  # known to be quick
+    for _ in range(6):
+        b.put(job())
+    first = b.take(max_jobs=100, idle_workers=1)
+    second = b.take(max_jobs=100, idle_workers=1)
+    assert first is not None and second is not None
+    assert (len(first.jobs), len(second.jobs)) == (4, 2)
+    assert b.take(max_jobs=100, idle_workers=1) is None
+    assert b.pending == 0
+
+
+def test_an_untimed_callable_goes_one_job_at_a_time() -> None:
+    b = Batcher(max_batch_size=64, max_delay=0)
+    for _ in range(10):
+        b.put(job())
+    batch = b.take(max_jobs=64, idle_workers=1)
+    assert batch is not None and len(batch.jobs) == 1
+    assert b.take(max_jobs=64, idle_workers=1, prefetch=True) is None
+
+
+def test_slow_jobs_are_cut_to_the_target_batch_time() -> None:
+    b = Batcher(max_batch_size=64, max_delay=0, target_batch_time=0.01)
+    b.record(("builtins", "abs", 0), 1, 0.004)
+    for _ in range(10):
+        b.put(job())
+    batch = b.take(max_jobs=64, idle_workers=1)
+    assert batch is not None and len(batch.jobs) == 2
+    # Quick enough to wait behind a running batch:
+    assert b.take(max_jobs=64, idle_workers=1, prefetch=True) is not None
+
+
+def test_jobs_slower_than_the_target_are_never_prefetched() -> None:
+    b = Batcher(max_batch_size=64, max_delay=0, target_batch_time=0.01)
+    b.record(("builtins", "abs", 0), 1, 0.05)
+    for _ in range(10):
+        b.put(job())
+    assert b.take(max_jobs=64, idle_workers=1, prefetch=True) is None
+    batch = b.take(max_jobs=64, idle_workers=1)
+    assert batch is not None and len(batch.jobs) == 1
+
+
+def test_work_is_split_between_idle_workers() -> None:
+    b = Batcher(max_batch_size=64, max_delay=0)
+    b.record(("builtins", "abs", 0), 1, 1e-7)
+    for _ in range(30):
+        b.put(job())
+    batch = b.take(max_jobs=64, idle_workers=3)
+    assert batch is not None and len(batch.jobs) == 10
+
+
+def test_linger_until_max_delay_then_flush() -> None:
+    clock = Clock()
+    b = Batcher(max_batch_size=10, max_delay=0.5, clock=clock)
+    for _ in range(3):
+        b.put(job(clock=clock))
+    assert b.take(max_jobs=10, idle_workers=1) is None
+    assert b.next_deadline() == clock.now + 0.5
+    clock.now += 0.5
+    batch = b.take(max_jobs=10, idle_workers=1)
+    assert batch is not None and len(batch.jobs) == 3 and batch.reason == "delay"
+
+
+def test_a_full_lane_does_not_linger() -> None:
+    clock = Clock()
+    b = Batcher(max_batch_size=3, max_delay=60, clock=clock)
+    for _ in range(4):
+        b.put(job(clock=clock))
+    batch = b.take(max_jobs=10, idle_workers=1)
+    assert batch is not None and len(batch.jobs) == 3 and batch.reason == "size"
+    assert b.take(max_jobs=10, idle_workers=1) is None
+
+
+def test_close_flushes_and_refuses() -> None:
+    clock = Clock()
+    b = Batcher(max_batch_size=10, max_delay=60, clock=clock)
+    b.put(job(clock=clock))
+    b.close("closed for the day")
+    batch = b.take(max_jobs=10, idle_workers=1)
+    assert batch is not None and batch.reason == "shutdown"
+    try:
+        b.put(job())
+    except RuntimeError as exc:
+        assert "closed for the day" in str(exc)
+    else:  # pragma: no cover
+        raise AssertionError("put after close must raise")
+
+
+def test_a_batch_holds_one_callable() -> None:
+    b = Batcher(max_batch_size=10, max_delay=0)
+    for fn in (abs, abs, str, abs):
+        b.record(("builtins", fn.__qualname__, 0), 1, 1e-7)
+        b.put(job(fn))
+    batches = []
+    while (batch := b.take(max_jobs=10, idle_workers=1)) is not None:
+        batches.append(batch)
+    assert sorted(len(x.jobs) for x in batches) == [1, 3]
+    assert all(len({j.fn for j in x.jobs}) == 1 for x in batches)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.one_of(
+            st.tuples(st.just("put"), st.sampled_from([abs, str, repr])),
+            st.tuples(st.just("take"), st.integers(1, 5)),
+            st.tuples(st.just("tick"), st.floats(0, 1)),
+        ),
+        max_size=80,
+    ),
+    st.integers(1, 6),
+    st.sampled_from([0.0, 0.2]),
+)
+def test_every_job_leaves_in_exactly_one_batch(ops: list, size: int, delay: float) -> None:  # type: ignore[type-arg]
+    clock = Clock()
+    b = Batcher(max_batch_size=size, max_delay=delay, clock=clock)
+    b.record(("builtins", "abs", 0), 1, 1e-7)
+    submitted: list[Job] = []
+    taken: list[Job] = []
+    for op, arg in ops:
+        if op == "put":
+            submitted.append(job(arg, clock))
+            b.put(submitted[-1])
+        elif op == "take":
+            batch = b.take(max_jobs=10, idle_workers=arg)
+            if batch is not None:
+                assert 1 <= len(batch.jobs) <= size
+                taken.extend(batch.jobs)
+        else:
+            clock.now += arg
+    b.close("done")
+    while (batch := b.take(max_jobs=10, idle_workers=1)) is not None:
+        taken.extend(batch.jobs)
+    assert sorted(j.id for j in taken) == sorted(j.id for j in submitted)
+    assert b.pending == 0
