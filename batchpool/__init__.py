@@ -11,24 +11,40 @@ Example:
 """
 
 from .errors import BatchPoolError as BatchPoolError
+from .errors import BatchResultError as BatchResultError
+from .errors import QueueFullError as QueueFullError
 from .errors import RemoteError as RemoteError
 from .errors import RemoteTraceback as RemoteTraceback
+from .errors import ShutdownError as ShutdownError
 from .errors import TransportError as TransportError
 from .errors import WorkerCrashedError as WorkerCrashedError
 from .executor import BatchPoolExecutor as BatchPoolExecutor
+from .executor import ExecutorView as ExecutorView
 from .jobs import JobInfo as JobInfo
+from .jobs import batched as batched
 from .jobs import job_info as job_info
 from .options import Priority as Priority
+from .retry import CircuitBreaker as CircuitBreaker
+from .retry import CircuitOpenError as CircuitOpenError
+from .retry import RetryPolicy as RetryPolicy
 
 __all__ = [
     "BatchPoolError",
     "BatchPoolExecutor",
+    "BatchResultError",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "ExecutorView",
     "JobInfo",
     "Priority",
+    "QueueFullError",
     "RemoteError",
     "RemoteTraceback",
+    "RetryPolicy",
+    "ShutdownError",
     "TransportError",
     "WorkerCrashedError",
+    "batched",
     "job_info",
 ]
 

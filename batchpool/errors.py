@@ -6,7 +6,10 @@ the failure model is visible in one place::
     Exception
     ├── BatchPoolError                      base of everything batchpool raises itself
     │   ├── RemoteError                     a worker exception that could not travel as itself
-    │   └── (later: QueueFullError, BatchResultError, CircuitOpenError)
+    │   ├── BatchResultError                a @batched function returned the wrong shape
+    │   ├── QueueFullError                  max_pending reached with on_full="raise"
+    │   ├── ShutdownError                   shutdown's deadline passed before the job ended
+    │   └── CircuitOpenError (retry.py)     the job's key failed too often; failing fast
     └── concurrent.futures.BrokenExecutor
         ├── concurrent.futures.process.BrokenProcessPool
         │   ├── WorkerCrashedError          a worker died with the job unfinished
@@ -29,6 +32,9 @@ from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
     "BatchPoolError",
+    "BatchResultError",
+    "QueueFullError",
+    "ShutdownError",
     "RemoteError",
     "RemoteTraceback",
     "TransportError",
@@ -83,6 +89,61 @@ class RemoteError(BatchPoolError):
 
     def __str__(self) -> str:
         return f"{self.type_name}: {self.message} (the exception could not be pickled back from the worker)"
+
+
+class BatchResultError(BatchPoolError):
+    """A ``@batched`` function did not return one result per item.
+
+    Every item of that batch fails with it.
+
+    Example:
+        >>> str(BatchResultError("insert_rows", 3, "list of 2"))
+        'insert_rows returned a list of 2 for a batch of 3 items; it must return a list of 3'
+    """
+
+    def __init__(self, name: str, items: int, got: str) -> None:
+        super().__init__(name, items, got)
+        self.name = name
+        self.items = items
+        self.got = got
+
+    def __str__(self) -> str:
+        return (
+            f"{self.name} returned a {self.got} for a batch of {self.items} items; "
+            f"it must return a list of {self.items}"
+        )
+
+
+class QueueFullError(BatchPoolError):
+    """``max_pending`` jobs are queued and ``on_full="raise"``.
+
+    Example:
+        >>> str(QueueFullError(1000))
+        'the pool already holds max_pending=1000 queued jobs'
+    """
+
+    def __init__(self, max_pending: int) -> None:
+        super().__init__(max_pending)
+        self.max_pending = max_pending
+
+    def __str__(self) -> str:
+        return f"the pool already holds max_pending={self.max_pending} queued jobs"
+
+
+class ShutdownError(BatchPoolError):
+    """The pool was stopped (shutdown's ``timeout`` passed) before this job finished.
+
+    Example:
+        >>> str(ShutdownError(2.0))
+        'the pool was stopped 2.0 s into shutdown, before this job finished'
+    """
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout)
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        return f"the pool was stopped {self.timeout} s into shutdown, before this job finished"
 
 
 def describe_exit(exitcode: int | None) -> str:

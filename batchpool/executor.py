@@ -19,21 +19,25 @@ Lifetime rules (each one fixes a way the standard pools have hung or leaked):
 from __future__ import annotations
 
 import itertools
+import logging
+import signal
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any, TypeVar
 
 from typing_extensions import ParamSpec
 
 from .backends import load_backend
-from .backends.base import Backend, cancel_jobs
+from .backends.base import Backend, cancel_jobs, fail_jobs
 from .batching import Batcher
-from .jobs import CALLS, CHUNKS, ChunkResult, Job
-from .options import DEFAULT_MAX_BATCH_SIZE, make_config
+from .errors import QueueFullError, ShutdownError
+from .jobs import BATCHED, BATCHED_BISECT, CALLS, CHUNKS, ChunkResult, Job, is_batched
+from .options import DEFAULT_MAX_BATCH_SIZE, JobOptions, Priority, check_timeout, make_config
+from .retry import CircuitBreaker, CircuitOpenError, RetryPolicy
 
 __all__ = ["BatchPoolExecutor"]
 
@@ -41,6 +45,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _SHUTDOWN_MESSAGE = "cannot schedule new futures after shutdown"
+_ON_FULL = ("block", "raise", "caller_runs")
+logger = logging.getLogger("batchpool")
 _EXIT_MESSAGE = "cannot schedule new futures after interpreter shutdown"
 
 #: Chunks ``map`` cuts a long input into, per worker, when no chunksize is given.
@@ -104,6 +110,12 @@ class BatchPoolExecutor(Executor):
         max_batch_size: most calls in one batch.
         max_delay: seconds a partial batch may wait for more calls; 0 (the
             default) sends whatever is waiting as soon as a worker is free.
+        max_pending: most jobs queued (not yet dispatched) at once; None: no limit.
+        on_full: what ``submit`` does when ``max_pending`` jobs are queued:
+            ``"block"`` (wait for room), ``"raise"`` (``QueueFullError``) or
+            ``"caller_runs"`` (run the job in the calling thread).
+        timeout: default per-job time limit in seconds (see ``options``).
+        retry: default ``RetryPolicy`` of every job (None: no retries).
 
     Raises:
         TypeError, ValueError: an argument is invalid (the message names it).
@@ -129,7 +141,23 @@ class BatchPoolExecutor(Executor):
         transport: str = "pipe",
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         max_delay: float = 0.0,
+        max_pending: int | None = None,
+        on_full: str = "block",
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
+        if max_pending is not None and (
+            isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1
+        ):
+            raise ValueError(f"max_pending must be an int >= 1 or None, got {max_pending!r}")
+        if on_full not in _ON_FULL:
+            raise ValueError(f"on_full must be one of {_ON_FULL}, got {on_full!r}")
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a batchpool.RetryPolicy or None, got {type(retry).__name__}")
+        self._default_opts = JobOptions(timeout=check_timeout("timeout", timeout), retry=retry)
+        self._on_full = on_full
+        self._max_pending = max_pending
+        self._breakers: dict[Hashable, CircuitBreaker] = {}
         config = make_config(
             max_workers=max_workers,
             mp_context=mp_context,
@@ -147,6 +175,7 @@ class BatchPoolExecutor(Executor):
             max_batch_size=config.max_batch_size,
             max_delay=config.max_delay,
             target_batch_time=config.target_batch_time,
+            max_pending=max_pending,
         )
         self._backend = load_backend(config.backend)(config, self._batcher)
         # Serialises shutdown() calls against each other (never held by submit).
@@ -172,7 +201,15 @@ class BatchPoolExecutor(Executor):
         """
         return self._submit(fn, args, kwargs, CALLS)
 
-    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any, kind: int) -> Future[Any]:
+    def _submit(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Any,
+        kind: int,
+        opts: JobOptions | None = None,
+        block_timeout: float | None = None,
+    ) -> Future[Any]:
         if not callable(fn):
             raise TypeError(f"fn must be a callable, got {type(fn).__name__}")
         broken = self._backend.broken
@@ -180,10 +217,48 @@ class BatchPoolExecutor(Executor):
             raise type(broken)(str(broken))
         if _interpreter_exiting:
             raise RuntimeError(_EXIT_MESSAGE)
+        if opts is None:
+            opts = self._default_opts
+        if kind == CALLS and is_batched(fn):
+            if len(args) != 1 or kwargs:
+                raise TypeError(
+                    f"{getattr(fn, '__qualname__', fn)!r} is @batched: submit it with exactly one item, "
+                    f"got {len(args)} positional and {len(kwargs or ())} keyword arguments"
+                )
+            kind = BATCHED_BISECT if opts.retry is not None else BATCHED
         future: Future[Any] = Future()
-        self._batcher.put(Job(fn, args, kwargs, future, kind))
+        job = Job(fn, args, kwargs, future, kind, opts)
+        if self._breakers and not self._admit(job):
+            return future
+        if not self._batcher.put(job, block=self._on_full == "block", timeout=block_timeout):
+            return self._on_queue_full(job, block_timeout)
         self._backend.notify()
         return future
+
+    def _admit(self, job: Job) -> bool:
+        """Apply the job's circuit breaker, if its key has one."""
+        key = job.opts.key if job.opts.key is not None else job.fn
+        try:
+            breaker = self._breakers.get(key)
+        except TypeError:
+            return True
+        if breaker is None:
+            return True
+        if not breaker.allow():
+            job.future.set_exception(CircuitOpenError(key, breaker.retry_in()))
+            return False
+        job.future.add_done_callback(_BreakerFeed(breaker))
+        return True
+
+    def _on_queue_full(self, job: Job, block_timeout: float | None) -> Future[Any]:
+        assert self._max_pending is not None
+        if self._on_full == "caller_runs":
+            if job.future.set_running_or_notify_cancel():
+                _run_here(job)
+            return job.future
+        if self._on_full == "block":
+            raise QueueFullError(self._max_pending)  # the block timed out
+        raise QueueFullError(self._max_pending)
 
     def map(
         self,
@@ -220,6 +295,9 @@ class BatchPoolExecutor(Executor):
                 raise ValueError("buffersize must be None or > 0")
         end_time = None if timeout is None else timeout + time.monotonic()
         zipped = zip(*iterables)  # noqa: B905 - map() stops at the shortest, as builtins.map
+        if buffersize is None and self._max_pending is not None:
+            # A bounded pool reads its input only as fast as it can hold it.
+            buffersize = max(1, self._max_pending // max(1, chunksize) // 2)
         if buffersize is None:
             items = list(zipped)
             size = chunksize if chunksize > 1 else self._auto_chunksize(len(items))
@@ -232,10 +310,12 @@ class BatchPoolExecutor(Executor):
         refill = _Refill(weakref.ref(self), fn, groups, chunksize > 1)
         return _map_results(fs, end_time, chunksize > 1, refill)
 
-    def _submit_group(self, fn: Callable[..., Any], group: Any, chunked: bool) -> Future[Any]:
+    def _submit_group(
+        self, fn: Callable[..., Any], group: Any, chunked: bool, opts: JobOptions | None = None
+    ) -> Future[Any]:
         if chunked:
-            return self._submit(fn, (group,), None, CHUNKS)
-        return self._submit(fn, group, None, CALLS)
+            return self._submit(fn, (group,), None, CHUNKS, opts)
+        return self._submit(fn, group, None, CALLS, opts)
 
     def _auto_chunksize(self, n: int) -> int:
         per_chunk = n // (_MAP_CHUNKS_PER_WORKER * self._config.max_workers)
@@ -243,7 +323,7 @@ class BatchPoolExecutor(Executor):
 
     # -- lifecycle ------------------------------------------------------------------
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None) -> None:
         """Stop accepting work; finish (or cancel) what is queued; stop the workers.
 
         Queued batches flush at once (no ``max_delay`` linger). Safe to call
@@ -252,13 +332,154 @@ class BatchPoolExecutor(Executor):
         Args:
             wait: block until every job has finished and every worker stopped.
             cancel_futures: cancel the jobs that were not dispatched yet.
+            timeout: with ``wait``, drain for at most this many seconds; then
+                cancel what was not dispatched, stop the workers (terminate,
+                then kill), and fail every unfinished job with ``ShutdownError``.
+
+        Example:
+            >>> ex = BatchPoolExecutor(backend="thread")
+            >>> fut = ex.submit(abs, -3)
+            >>> ex.shutdown(wait=True, timeout=30)
+            >>> fut.result()
+            3
         """
+        deadline = check_timeout("timeout", timeout)
         with self._shutdown_lock:
             cancelled = self._batcher.close(_SHUTDOWN_MESSAGE, cancel=cancel_futures)
         cancel_jobs(cancelled)
         self._backend.begin_shutdown()
-        if wait:
-            self._backend.join()
+        if not wait:
+            return
+        if self._backend.join(deadline):
+            return
+        assert deadline is not None
+        logger.warning("shutdown: %s s passed with work unfinished; stopping the workers", deadline)
+        cancel_jobs(self._batcher.close(_SHUTDOWN_MESSAGE, cancel=True))
+        error = ShutdownError(deadline)
+        fail_jobs(self._batcher.drain(), error)
+        self._backend.abort(error)
+        self._backend.join(10.0)
+
+    def install_signal_handlers(
+        self,
+        timeout: float | None = None,
+        signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
+        exit_code: int | None = 0,
+    ) -> Callable[[], None]:
+        """Turn SIGTERM/SIGINT into a graceful drain of this pool.
+
+        On the signal, the main thread runs ``shutdown(wait=True,
+        timeout=timeout)`` and then, unless ``exit_code`` is None, exits with
+        that code (``SystemExit``, so ``finally`` blocks and atexit hooks run).
+        Call from the main thread. Returns a function that restores the
+        previous handlers.
+
+        Example:
+            >>> ex = BatchPoolExecutor(backend="thread")
+            >>> restore = ex.install_signal_handlers(timeout=10)
+            >>> restore(); ex.shutdown()
+        """
+        check_timeout("timeout", timeout)
+        previous: dict[int, Any] = {}
+
+        def handler(signum: int, frame: object) -> None:
+            logger.warning("signal %s: draining the pool (timeout %s s)", signal.Signals(signum).name, timeout)
+            self.shutdown(wait=True, timeout=timeout)
+            if exit_code is not None:
+                raise SystemExit(exit_code)
+
+        for signum in signals:
+            previous[signum] = signal.signal(signum, handler)
+
+        def restore() -> None:
+            for signum, old in previous.items():
+                signal.signal(signum, old)
+
+        return restore
+
+    def options(
+        self,
+        *,
+        priority: Priority | int | None = None,
+        key: Hashable | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> ExecutorView:
+        """A light view of this pool whose ``submit``/``map`` apply these options.
+
+        It shares the pool (it is not a new one); options not given keep the
+        pool's defaults.
+
+        Args:
+            priority: ``Priority.REALTIME`` jobs never linger and go before any
+                queued NORMAL or BULK work; BULK goes last (but never starves).
+            key: the lane the jobs share (default: their callable); a key can
+                have its own batching policy (``set_policy``).
+            timeout: seconds each job may run; past that its Future fails with
+                ``TimeoutError`` and its worker process is replaced (the thread
+                backend abandons the thread and starts another).
+            retry: a ``RetryPolicy`` for these jobs.
+
+        Example:
+            >>> with BatchPoolExecutor(backend="thread") as ex:
+            ...     urgent = ex.options(priority=Priority.REALTIME, timeout=5)
+            ...     urgent.submit(abs, -2).result(timeout=10)
+            2
+        """
+        base = self._default_opts
+        if priority is not None and not isinstance(priority, Priority):
+            try:
+                priority = Priority(priority)
+            except ValueError:
+                raise ValueError(f"priority must be a batchpool.Priority, got {priority!r}") from None
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a batchpool.RetryPolicy or None, got {type(retry).__name__}")
+        if key is not None:
+            try:
+                hash(key)
+            except TypeError:
+                raise TypeError(f"key must be hashable, got {type(key).__name__}") from None
+        opts = JobOptions(
+            priority=base.priority if priority is None else Priority(priority),
+            key=base.key if key is None else key,
+            timeout=base.timeout if timeout is None else check_timeout("timeout", timeout),
+            retry=base.retry if retry is None else retry,
+        )
+        return ExecutorView(self, opts)
+
+    def set_policy(
+        self,
+        key: Hashable,
+        *,
+        max_batch_size: int | None = None,
+        max_delay: float | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+    ) -> None:
+        """Batching limits and an optional circuit breaker for one key.
+
+        ``key`` is what ``options(key=...)`` names, or a callable (the default
+        key of its jobs). Limits not given keep the pool's defaults.
+
+        Example:
+            >>> with BatchPoolExecutor(backend="thread") as ex:
+            ...     ex.set_policy("emails", max_batch_size=100, max_delay=0.05)
+            ...     ex.options(key="emails").submit(len, "hi").result(timeout=10)
+            2
+        """
+        try:
+            hash(key)
+        except TypeError:
+            raise TypeError(f"key must be hashable, got {type(key).__name__}") from None
+        size = self._config.max_batch_size if max_batch_size is None else max_batch_size
+        delay = self._config.max_delay if max_delay is None else max_delay
+        from .options import _check_int, _check_seconds
+
+        _check_int("max_batch_size", size, 1)
+        self._batcher.set_policy(key, size, _check_seconds("max_delay", delay))
+        if circuit_breaker is not None:
+            if not isinstance(circuit_breaker, CircuitBreaker):
+                raise TypeError("circuit_breaker must be a batchpool.CircuitBreaker")
+            self._breakers[key] = circuit_breaker
 
     # -- compatibility views of the standard pools' private attributes ---------------
 
@@ -303,11 +524,13 @@ class _Refill:
         fn: Callable[..., Any],
         groups: Iterator[Any],
         chunked: bool,
+        opts: JobOptions | None = None,
     ) -> None:
         self.executor = executor
         self.fn = fn
         self.groups = groups
         self.chunked = chunked
+        self.opts = opts
 
     def __call__(self, fs: deque[Future[Any]]) -> None:
         executor = self.executor()
@@ -315,7 +538,7 @@ class _Refill:
             return
         group = next(self.groups, None)
         if group is not None:
-            fs.append(executor._submit_group(self.fn, group, self.chunked))
+            fs.append(executor._submit_group(self.fn, group, self.chunked, self.opts))
 
 
 def _result_or_cancel(future: Future[Any], timeout: float | None) -> Any:
@@ -349,3 +572,60 @@ def _map_results(
     finally:
         for future in fs:
             future.cancel()
+
+
+class ExecutorView:
+    """A pool seen through fixed job options (made by ``BatchPoolExecutor.options``)."""
+
+    def __init__(self, executor: BatchPoolExecutor, opts: JobOptions) -> None:
+        self._executor = executor
+        self.opts = opts
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """``BatchPoolExecutor.submit`` with this view's options."""
+        return self._executor._submit(fn, args, kwargs, CALLS, self.opts)
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+    ) -> Iterator[R]:
+        """``BatchPoolExecutor.map`` with this view's options (items are not chunked)."""
+        if not callable(fn):
+            raise TypeError(f"fn must be a callable, got {type(fn).__name__}")
+        end_time = None if timeout is None else timeout + time.monotonic()
+        zipped = zip(*iterables)  # noqa: B905 - map() stops at the shortest, as builtins.map
+        ex = self._executor
+        if buffersize is None:
+            fs = deque(ex._submit(fn, args, None, CALLS, self.opts) for args in zipped)
+            return _map_results(fs, end_time, False, None)
+        first = itertools.islice(zipped, buffersize)
+        fs = deque(ex._submit(fn, args, None, CALLS, self.opts) for args in first)
+        refill = _Refill(weakref.ref(ex), fn, zipped, False, self.opts)
+        return _map_results(fs, end_time, False, refill)
+
+
+class _BreakerFeed:
+    """Done-callback feeding a job's outcome to its key's circuit breaker."""
+
+    __slots__ = ("breaker",)
+
+    def __init__(self, breaker: CircuitBreaker) -> None:
+        self.breaker = breaker
+
+    def __call__(self, future: Future[Any]) -> None:
+        if not future.cancelled():
+            self.breaker.record(future.exception() is None)
+
+
+def _run_here(job: Job) -> None:
+    """Run a job in the calling thread (``on_full="caller_runs"``)."""
+    try:
+        result = job.fn(*job.args, **job.kwargs) if job.kwargs else job.fn(*job.args)
+    except BaseException as exc:  # noqa: BLE001 - the job's own outcome
+        job.future.set_exception(exc)
+    else:
+        job.future.set_result(result)

@@ -20,12 +20,14 @@ import time
 import traceback
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from .errors import RemoteError, RemoteTraceback
-from .options import Priority
+from .options import JobOptions
 
 __all__ = [
+    "BATCHED",
+    "BATCHED_BISECT",
     "CALLS",
     "CHUNKS",
     "Batch",
@@ -34,6 +36,8 @@ __all__ = [
     "Job",
     "JobInfo",
     "WireBatch",
+    "batched",
+    "is_batched",
     "job_info",
     "rebuild_exception",
 ]
@@ -41,8 +45,11 @@ __all__ = [
 #: Batch kinds. A lane, and therefore a batch, holds jobs of one kind only.
 CALLS = 0  # each job is one call fn(*args, **kwargs)
 CHUNKS = 1  # each job is a run of map() items: fn(*item) for each item
+BATCHED = 2  # each job is one item; the batch is one call fn([items])
+BATCHED_BISECT = 3  # the same, and a failing call is split to find the bad item
 
 _job_ids = itertools.count()
+DEFAULT_OPTIONS = JobOptions()
 _batch_ids = itertools.count()
 
 
@@ -52,7 +59,7 @@ class Job:
     Cheap on purpose (it is made once per ``submit``): slots, no lock of its own.
     """
 
-    __slots__ = ("args", "fn", "future", "id", "kind", "kwargs", "priority", "t_submit")
+    __slots__ = ("args", "attempt", "fn", "future", "id", "kind", "kwargs", "opts", "started", "t_submit")
 
     def __init__(
         self,
@@ -61,7 +68,7 @@ class Job:
         kwargs: dict[str, Any] | None,
         future: Future[Any],
         kind: int = CALLS,
-        priority: Priority = Priority.NORMAL,
+        opts: JobOptions = DEFAULT_OPTIONS,
     ) -> None:
         self.id = next(_job_ids)
         self.fn = fn
@@ -69,7 +76,9 @@ class Job:
         self.kwargs = kwargs or None
         self.future = future
         self.kind = kind
-        self.priority = priority
+        self.opts = opts
+        self.attempt = 1  # the run that comes next is this job's attempt-th
+        self.started = False  # its Future is RUNNING (retries skip that step)
         self.t_submit = time.monotonic()
 
 
@@ -89,6 +98,19 @@ class Batch:
         self.worker: object = None
         self.t_dispatch = 0.0
         self.record: _BatchRecord | None = None
+
+    def claim(self) -> bool:
+        """Mark the jobs running; drop the ones cancelled meanwhile.
+
+        Returns False when no job is left. A retried job is running already.
+        """
+        kept = []
+        for job in self.jobs:
+            if job.started or job.future.set_running_or_notify_cancel():
+                job.started = True
+                kept.append(job)
+        self.jobs = kept
+        return bool(kept)
 
     def mark_dispatched(self) -> None:
         """Stamp the dispatch time and let each job's Future say where it went."""
@@ -169,6 +191,46 @@ class ChunkResult(NamedTuple):
 
     values: list[Any]
     errors: dict[int, BaseException]
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def batched(fn: F) -> F:
+    """Mark ``fn(items: list) -> list`` as a batch function.
+
+    ``ex.submit(fn, item)`` then returns one Future per item, while the worker
+    calls ``fn`` once per batch with the list of items. Result ``i`` resolves
+    item ``i``'s Future; an exception *instance* returned at position ``i``
+    fails only that item. A result of the wrong length or type fails the whole
+    batch with ``BatchResultError``; an exception raised by ``fn`` fails every
+    item of the batch (or, for jobs with a retry policy, the batch is split in
+    halves until the item that makes it fail is found).
+
+    The function itself is returned, marked, so it still pickles by reference
+    and can still be called directly with a list.
+
+    Example:
+        >>> @batched
+        ... def double_all(items):
+        ...     return [2 * x for x in items]
+        >>> double_all([1, 2])
+        [2, 4]
+        >>> is_batched(double_all)
+        True
+    """
+    try:
+        fn.__batchpool_batched__ = True  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):
+        raise TypeError(
+            f"@batched needs a function it can mark; got {type(fn).__name__} (wrap it in a def)"
+        ) from None
+    return fn
+
+
+def is_batched(fn: object) -> bool:
+    """True for a function marked with ``@batched``."""
+    return getattr(fn, "__batchpool_batched__", False) is True
 
 
 def rebuild_exception(exc: BaseException, tb: str) -> BaseException:

@@ -13,11 +13,14 @@ import multiprocessing
 import multiprocessing.context
 import os
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["DEFAULT_MAX_BATCH_SIZE", "PoolConfig", "Priority", "make_config"]
+if TYPE_CHECKING:
+    from .retry import RetryPolicy
+
+__all__ = ["DEFAULT_MAX_BATCH_SIZE", "JobOptions", "PoolConfig", "Priority", "make_config", "check_timeout"]
 
 #: Largest batch a lane cuts unless told otherwise. Measured with
 #: ``batchpool bench --workload submit``: throughput of tiny jobs stops growing
@@ -44,6 +47,33 @@ class Priority(enum.IntEnum):
     REALTIME = 0
     NORMAL = 1
     BULK = 2
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """Options applied to a job (see ``BatchPoolExecutor.options``).
+
+    Attributes:
+        priority: dispatch priority.
+        key: lane of the job (None: its callable).
+        timeout: seconds the job may run (None: no limit).
+        retry: a ``RetryPolicy`` (None: no retries).
+    """
+
+    priority: Priority = Priority.NORMAL
+    key: Hashable | None = None
+    timeout: float | None = None
+    retry: RetryPolicy | None = None
+
+
+def check_timeout(name: str, value: object) -> float | None:
+    """Validate a per-job timeout: None, or seconds > 0."""
+    if value is None:
+        return None
+    seconds = _check_seconds(name, value)
+    if seconds == 0:
+        raise ValueError(f"{name} must be > 0 seconds or None, got {value!r}")
+    return seconds
 
 
 @dataclass(frozen=True)

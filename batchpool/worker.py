@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import serialization
-from .jobs import CALLS, ChunkResult, ExceptionWithTraceback
+from .errors import BatchResultError
+from .jobs import BATCHED_BISECT, CALLS, CHUNKS, ChunkResult, ExceptionWithTraceback
 
 __all__ = [
     "MSG_BATCH",
@@ -38,6 +39,7 @@ __all__ = [
     "WorkerSpec",
     "encode_batch",
     "parse_outcome",
+    "run_batched",
     "run_chunk",
     "worker_main",
 ]
@@ -94,6 +96,46 @@ def run_chunk(
     return ChunkResult(values, errors)
 
 
+def run_batched(
+    fn: Callable[..., Any],
+    items: list[Any],
+    wrap: Callable[[BaseException], Any],
+    bisect: bool,
+) -> ChunkResult:
+    """Call a ``@batched`` function once for ``items``; one outcome per item.
+
+    With ``bisect``, a call that raises is repeated on each half of the items,
+    down to single items, so that only the item(s) that make it fail fail
+    (O(log n) extra calls per bad item).
+    """
+    try:
+        out = fn(items)
+    except BaseException as exc:  # noqa: BLE001 - reported on the items
+        if bisect and len(items) > 1:
+            mid = len(items) // 2
+            left = run_batched(fn, items[:mid], wrap, bisect)
+            right = run_batched(fn, items[mid:], wrap, bisect)
+            merged = dict(left.errors)
+            merged.update((mid + i, e) for i, e in right.errors.items())
+            return ChunkResult(left.values + right.values, merged)
+        error = wrap(exc)
+        return ChunkResult([None] * len(items), dict.fromkeys(range(len(items)), error))
+    if not isinstance(out, list) or len(out) != len(items):
+        got = f"list of {len(out)}" if isinstance(out, list) else type(out).__name__
+        name = getattr(fn, "__qualname__", repr(fn))
+        error = wrap(BatchResultError(name, len(items), got))
+        return ChunkResult([None] * len(items), dict.fromkeys(range(len(items)), error))
+    values: list[Any] = []
+    errors: dict[int, Any] = {}
+    for i, value in enumerate(out):
+        if isinstance(value, BaseException):
+            errors[i] = wrap(value)
+            values.append(None)
+        else:
+            values.append(value)
+    return ChunkResult(values, errors)
+
+
 def _encode_outcome(
     batch_id: int, start: int, values: list[Any], errors: dict[int, Any], run_time: float, final: bool
 ) -> bytes:
@@ -137,6 +179,12 @@ def _make_picklable(values: list[Any], errors: dict[int, Any]) -> tuple[list[Any
 
 
 def _run_batch(channel: Any, batch_id: int, kind: int, fn: Callable[..., Any], calls: list[Any]) -> None:
+    if kind > CHUNKS:
+        t0 = time.perf_counter()
+        items = [args[0] for args, _ in calls]
+        out = run_batched(fn, items, ExceptionWithTraceback, kind == BATCHED_BISECT)
+        channel.send(_encode_outcome(batch_id, 0, out.values, out.errors, time.perf_counter() - t0, True))
+        return
     values: list[Any] = []
     errors: dict[int, Any] = {}
     start = 0

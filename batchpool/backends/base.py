@@ -18,7 +18,7 @@ from ..batching import Batcher
 from ..jobs import Job
 from ..options import PoolConfig
 
-__all__ = ["Backend", "fail_jobs", "logger"]
+__all__ = ["Backend", "cancel_jobs", "fail_jobs", "logger", "settle_failure"]
 
 logger = logging.getLogger("batchpool")
 
@@ -30,6 +30,18 @@ def fail_jobs(jobs: Iterable[Job], exc: BaseException) -> None:
             job.future.set_exception(exc)
         except InvalidStateError:
             pass  # cancelled or settled meanwhile; checking first would race
+
+
+def settle_failure(job: Job, exc: BaseException, batcher: Batcher) -> None:
+    """A run of ``job`` failed with ``exc``: queue a retry if its policy allows, else fail it."""
+    policy = job.opts.retry
+    if policy is not None and policy.should_retry(exc, attempt=job.attempt):
+        delay = policy.delay(job.attempt)
+        job.attempt += 1
+        logger.info("job %s: retry %d in %.3f s after %r", job.id, job.attempt - 1, delay, exc)
+        batcher.put_delayed(job, delay)
+        return
+    fail_jobs([job], exc)
 
 
 def cancel_jobs(jobs: Iterable[Job]) -> None:
@@ -59,8 +71,12 @@ class Backend(abc.ABC):
         """The batcher is closed: finish the queued work, then stop the workers."""
 
     @abc.abstractmethod
-    def join(self) -> None:
-        """Wait until every worker and helper thread has stopped."""
+    def join(self, timeout: float | None = None) -> bool:
+        """Wait until every worker and helper thread has stopped; False on timeout."""
+
+    @abc.abstractmethod
+    def abort(self, error: BaseException) -> None:
+        """Stop now: fail every unfinished job with ``error`` and stop the workers."""
 
     @property
     @abc.abstractmethod

@@ -27,6 +27,7 @@ cancelled, reprioritised, or batched with later arrivals.
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import os
 import selectors
@@ -54,7 +55,7 @@ from ..worker import (
     parse_outcome,
     worker_main,
 )
-from .base import Backend, fail_jobs, logger
+from .base import Backend, fail_jobs, logger, settle_failure
 
 __all__ = ["ProcessBackend"]
 
@@ -71,7 +72,7 @@ _worker_ids = itertools.count()
 class _Worker:
     """The parent's record of one worker process."""
 
-    __slots__ = ("channel", "id", "inflight", "pid", "process", "sent", "writing")
+    __slots__ = ("channel", "id", "inflight", "killed", "pid", "process", "sent", "timed", "writing")
 
     def __init__(self, process: Any, channel: Channel) -> None:
         self.id = next(_worker_ids)
@@ -81,6 +82,8 @@ class _Worker:
         self.inflight: dict[int, Batch] = {}
         self.sent = 0  # jobs sent, against max_tasks_per_child
         self.writing = False  # registered for writability
+        self.timed: int | None = None  # id of the batch with a timeout it runs, if any
+        self.killed = ""  # why we killed it, if we did
 
 
 class ProcessBackend(Backend):
@@ -109,6 +112,9 @@ class ProcessBackend(Backend):
         # manager at all (it will look at the lanes when a batch comes back).
         self._can_dispatch = True
         self._max_tasks = config.max_tasks_per_child
+        # Deadlines of running jobs that have a timeout: (deadline, batch id, worker id).
+        self._deadlines: list[tuple[float, int, int]] = []
+        self._abort: BaseException | None = None
 
     # -- called from submitting threads -----------------------------------------
 
@@ -167,10 +173,19 @@ class ProcessBackend(Backend):
         if self._manager is not None:
             self._wake()
 
-    def join(self) -> None:
+    def join(self, timeout: float | None = None) -> bool:
         manager = self._manager
         if manager is not None and manager is not threading.current_thread():
-            manager.join()
+            manager.join(timeout)
+            return not manager.is_alive()
+        return True
+
+    def abort(self, error: BaseException) -> None:
+        self._abort = error
+        if self._manager is not None:
+            self._wake()
+        else:
+            self._fail_everything(error)
 
     @property
     def broken(self) -> BaseException | None:
@@ -208,10 +223,15 @@ class ProcessBackend(Backend):
                         # job is already queued, and _dispatch() looks next.
                         self._drain_wake()
                         self._wake_pending = False
+                if self._deadlines:
+                    self._expire_timeouts()
                 for worker in dead:
                     self._on_death(worker)
                 if self._broken is not None:
                     self._fail_everything(self._broken)
+                    return
+                if self._abort is not None:
+                    self._fail_everything(self._abort)
                     return
         except BaseException as exc:  # noqa: BLE001 - no Future may be left hanging
             logger.exception("batchpool manager thread failed; failing all jobs")
@@ -224,9 +244,30 @@ class ProcessBackend(Backend):
 
     def _timeout(self) -> float | None:
         deadline = self.batcher.next_deadline()
+        if self._deadlines:
+            first = self._deadlines[0][0]
+            deadline = first if deadline is None else min(deadline, first)
         if deadline is None:
             return None
         return max(0.0, deadline - time.monotonic())
+
+    def _expire_timeouts(self) -> None:
+        now = time.monotonic()
+        while self._deadlines and self._deadlines[0][0] <= now:
+            _, batch_id, worker_id = heapq.heappop(self._deadlines)
+            worker = self._workers.get(worker_id)
+            if worker is None or batch_id not in worker.inflight:
+                continue  # finished in time, or its worker died anyway
+            batch = worker.inflight.pop(batch_id)
+            worker.timed = None
+            timeout = batch.jobs[0].opts.timeout
+            # The only way to stop a running call for real: its process goes.
+            # Nothing else runs there (timed jobs go alone, with no prefetch).
+            worker.killed = f"job {batch.jobs[0].id} ran over its {timeout} s timeout"
+            logger.warning("worker pid %s killed: %s", worker.pid, worker.killed)
+            worker.process.kill()
+            for job in batch.jobs[batch.done :]:
+                settle_failure(job, TimeoutError(f"job ran longer than its timeout of {timeout} s"), self.batcher)
 
     def _finished(self) -> bool:
         return (
@@ -266,8 +307,7 @@ class ProcessBackend(Backend):
                 )
                 if taken is None:
                     break
-                taken.jobs = [j for j in taken.jobs if j.future.set_running_or_notify_cancel()]
-                if not taken.jobs:
+                if not taken.claim():
                     continue
                 batch = taken
             self._send(worker, batch)
@@ -283,8 +323,10 @@ class ProcessBackend(Backend):
     def _pick_worker(self) -> _Worker | None:
         best: _Worker | None = None
         for worker in self._workers.values():
-            if not self._budget(worker) or len(worker.inflight) >= PREFETCH:
+            if not self._budget(worker) or len(worker.inflight) >= PREFETCH or worker.killed:
                 continue
+            if worker.timed is not None:
+                continue  # nothing may wait behind a job that may be killed
             if not worker.inflight:
                 return worker
             if best is None or len(worker.inflight) < len(best.inflight):
@@ -308,6 +350,10 @@ class ProcessBackend(Backend):
         batch.mark_dispatched()
         worker.inflight[batch.id] = batch
         worker.sent += len(batch.jobs)
+        timeout = batch.jobs[0].opts.timeout
+        if timeout is not None:
+            worker.timed = batch.id
+            heapq.heappush(self._deadlines, (time.monotonic() + timeout, batch.id, worker.id))
         worker.channel.send(encode_batch(batch.id, batch.kind, fn_blob, calls_blob))
         if worker.channel.has_output and not worker.writing:
             assert self._selector is not None
@@ -404,7 +450,7 @@ class ProcessBackend(Backend):
         else:
             if errors:
                 for i, error in errors.items():
-                    fail_jobs([jobs[i]], error)
+                    settle_failure(jobs[i], error, self.batcher)
             for i, (job, value) in enumerate(zip(jobs, values, strict=True)):
                 if errors and i in errors:
                     continue
@@ -415,6 +461,8 @@ class ProcessBackend(Backend):
         batch.done = start + count
         if final:
             del worker.inflight[batch_id]
+            if worker.timed == batch_id:
+                worker.timed = None
             batch.mark_done(run_time)
             self.batcher.record(batch.timing_key, len(batch.jobs), run_time)
 
@@ -446,18 +494,33 @@ class ProcessBackend(Backend):
         exitcode = worker.process.exitcode
         worker.channel.close()
         del self._workers[worker.id]
-        lost = [job for batch in worker.inflight.values() for job in batch.jobs[batch.done :]]
+        batches = list(worker.inflight.values())
         worker.inflight.clear()
-        if lost:
+        if worker.killed:
+            return  # we killed it (a timeout); its job is settled already
+        if batches or exitcode not in (0, None):
             logger.warning(
-                "worker pid %s %s; %d unfinished jobs failed",
+                "worker pid %s %s with %d batches unfinished",
                 worker.pid,
                 describe_exit(exitcode),
-                len(lost),
+                len(batches),
             )
-            fail_jobs(lost, WorkerCrashedError(worker.pid, exitcode))
-        elif exitcode not in (0, None) and self._broken is None:
-            logger.warning("idle worker pid %s %s", worker.pid, describe_exit(exitcode))
+        if self._broken is not None or self._abort is not None:
+            return  # _fail_everything() settles them
+        error = WorkerCrashedError(worker.pid, exitcode)
+        for position, batch in enumerate(batches):
+            jobs = batch.jobs[batch.done :]
+            if position > 0:
+                # A prefetched batch never started: it goes again, as it was.
+                self._resend.append(Batch(jobs, batch.reason, batch.timing_key))
+            elif len(jobs) > 1:
+                # One of these jobs killed the worker (or it was killed while
+                # running them): split in halves until the culprit is alone.
+                half = len(jobs) // 2
+                self._resend.append(Batch(jobs[:half], batch.reason, batch.timing_key))
+                self._resend.append(Batch(jobs[half:], batch.reason, batch.timing_key))
+            elif jobs:
+                settle_failure(jobs[0], error, self.batcher)
 
     def _fail_everything(self, error: BaseException) -> None:
         self.batcher.close(str(error), error=type(error))
@@ -477,9 +540,10 @@ class ProcessBackend(Backend):
             if worker.process.is_alive():
                 worker.channel.send(MSG_STOP)
                 worker.channel.flush()
-        deadline = time.monotonic() + STOP_GRACE
+        deadline = time.monotonic() + (0.0 if self._abort is not None else STOP_GRACE)
         for worker in workers:
-            worker.process.join(max(0.0, deadline - time.monotonic()))
+            if self._abort is None:
+                worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.exitcode is None:
                 worker.process.terminate()
                 worker.process.join(1.0)

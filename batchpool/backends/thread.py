@@ -4,22 +4,29 @@ Threads are started on demand, like ``ThreadPoolExecutor``'s: a submit that
 finds no idle thread starts one, up to ``max_workers``. An idle thread waits
 inside ``Batcher.take_wait``; the batch it gets is run job by job and each
 Future is resolved as soon as its job returns.
+
+Timeouts: a thread cannot be stopped from outside. A watchdog thread (started
+with the first job that has a timeout) fails the job's Future on time with
+``TimeoutError``, marks its thread abandoned and starts a replacement; the
+abandoned thread drops the job's late result and exits when the job returns.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import logging
 import threading
 import time
+from concurrent.futures import InvalidStateError
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
 from ..batching import Batcher
-from ..jobs import CALLS, Batch
+from ..jobs import BATCHED_BISECT, CHUNKS, Batch, Job
 from ..options import PoolConfig
-from ..worker import run_chunk
-from .base import Backend, fail_jobs
+from ..worker import run_batched, run_chunk
+from .base import Backend, fail_jobs, logger, settle_failure
 
 __all__ = ["ThreadBackend"]
 
@@ -37,26 +44,45 @@ class ThreadBackend(Backend):
         super().__init__(config, batcher)
         self._prefix = config.thread_name_prefix or f"BatchPoolExecutor-{next(_pool_numbers)}"
         self._threads: list[threading.Thread] = []
-        # Guards thread creation only (never held while jobs run).
-        self._spawn_lock = threading.Lock()
+        self._abandoned: set[threading.Thread] = set()
+        # Guards thread creation and the abandoned set (never held while jobs run).
+        self._lock = threading.Lock()
+        self._names = itertools.count()
         self._broken: BaseException | None = None
+        self._aborted: BaseException | None = None
+        # Jobs with a timeout that are running now: job id -> job. Whoever pops
+        # a job first (its thread or the watchdog) settles its Future.
+        self._timed: dict[int, Job] = {}
+        self._deadlines: list[tuple[float, int, threading.Thread]] = []
+        self._watch = threading.Condition(self._lock)
+        self._watchdog: threading.Thread | None = None
+        # Jobs running now, so that abort() can fail them.
+        self._running: dict[int, Job] = {}
 
     def notify(self) -> None:
-        if self.batcher.waiters or len(self._threads) >= self.config.max_workers:
+        if self.batcher.waiters or self._live() >= self.config.max_workers:
             return  # an idle thread was woken by put(), or the pool is full
-        with self._spawn_lock:
-            if len(self._threads) >= self.config.max_workers or self._broken is not None:
+        self._spawn()
+
+    def _live(self) -> int:
+        return len(self._threads) - len(self._abandoned)
+
+    def _spawn(self) -> None:
+        with self._lock:
+            if self._live() >= self.config.max_workers or self._broken is not None or self._aborted:
                 return
             thread = threading.Thread(
                 target=self._work,
-                name=f"{self._prefix}_{len(self._threads)}",
+                name=f"{self._prefix}_{next(self._names)}",
                 daemon=True,  # joined by the executor's exit hook, not by threading
             )
             thread.start()
             self._threads.append(thread)
 
     def _stop(self) -> bool:
-        return self._broken is not None
+        return (
+            self._broken is not None or self._aborted is not None or threading.current_thread() in self._abandoned
+        )
 
     def _work(self) -> None:
         config = self.config
@@ -77,13 +103,34 @@ class ThreadBackend(Backend):
             del batch
 
     def _run(self, batch: Batch) -> None:
-        jobs = batch.jobs = [job for job in batch.jobs if job.future.set_running_or_notify_cancel()]
+        if not batch.claim():
+            return
         batch.mark_dispatched()
-        fn = batch.fn
-        chunks = batch.kind != CALLS
         t0 = time.perf_counter()
+        if batch.kind > CHUNKS:
+            self._run_batched(batch)
+        else:
+            self._run_calls(batch)
+        run_time = time.perf_counter() - t0
+        batch.mark_done(run_time)
+        self.batcher.record(batch.timing_key, len(batch.jobs), run_time)
+
+    def _run_calls(self, batch: Batch) -> None:
+        fn = batch.fn
+        chunks = batch.kind == CHUNKS
+        running = self._running
         job = None
-        for job in jobs:
+        for job in batch.jobs:
+            if threading.current_thread() in self._abandoned:
+                # Our thread was given up on (a timeout): the rest of the batch
+                # goes back to the lanes for the replacement thread.
+                for rest in batch.jobs[batch.jobs.index(job) :]:
+                    self.batcher.put_delayed(rest, 0.0)
+                break
+            timeout = job.opts.timeout
+            if timeout is not None:
+                self._watch_job(job, timeout)
+            running[job.id] = job
             try:
                 if chunks:
                     result: Any = run_chunk(fn, job.args[0], _identity)
@@ -92,15 +139,86 @@ class ThreadBackend(Backend):
                 else:
                     result = fn(*job.args)
             except BaseException as exc:  # noqa: BLE001 - the job's own outcome
-                job.future.set_exception(exc)
+                if self._finish(job, timeout):
+                    settle_failure(job, exc, self.batcher)
             else:
-                job.future.set_result(result)
-        run_time = time.perf_counter() - t0
-        batch.mark_done(run_time)
-        self.batcher.record(batch.timing_key, len(jobs), run_time)
+                if self._finish(job, timeout):
+                    try:
+                        job.future.set_result(result)
+                    except InvalidStateError:
+                        pass  # failed by abort() meanwhile
         # A raised exception's traceback holds this frame; clearing the locals
         # breaks the cycle exception -> frame -> job -> future -> exception.
-        del jobs, job, fn
+        del job, fn, batch
+
+    def _finish(self, job: Job, timeout: float | None) -> bool:
+        """True when this thread, not the watchdog or abort(), settles the job."""
+        self._running.pop(job.id, None)
+        if timeout is None:
+            return self._aborted is None
+        return self._timed.pop(job.id, None) is not None
+
+    def _run_batched(self, batch: Batch) -> None:
+        jobs = batch.jobs
+        for job in jobs:
+            self._running[job.id] = job
+        out = run_batched(batch.fn, [job.args[0] for job in jobs], _identity, batch.kind == BATCHED_BISECT)
+        for i, job in enumerate(jobs):
+            if self._running.pop(job.id, None) is None:
+                continue
+            if i in out.errors:
+                settle_failure(job, out.errors[i], self.batcher)
+            else:
+                job.future.set_result(out.values[i])
+
+    # -- timeouts --------------------------------------------------------------------
+
+    def _watch_job(self, job: Job, timeout: float) -> None:
+        with self._lock:
+            self._timed[job.id] = job
+            heapq.heappush(self._deadlines, (time.monotonic() + timeout, job.id, threading.current_thread()))
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch_loop, name=f"{self._prefix}_watchdog", daemon=True)
+                self._watchdog.start()
+            self._watch.notify()
+
+    def _watch_loop(self) -> None:
+        with self._lock:
+            while True:
+                if self._done_watching():
+                    return
+                now = time.monotonic()
+                expired = []
+                while self._deadlines and self._deadlines[0][0] <= now:
+                    expired.append(heapq.heappop(self._deadlines))
+                if not expired:
+                    wait = self._deadlines[0][0] - now if self._deadlines else None
+                    self._watch.wait(wait)
+                    continue
+                self._lock.release()
+                try:
+                    for _, job_id, thread in expired:
+                        self._expire(job_id, thread)
+                finally:
+                    self._lock.acquire()
+
+    def _done_watching(self) -> bool:
+        return not self._deadlines and (self.batcher.closed or self._aborted is not None) and not self._timed
+
+    def _expire(self, job_id: int, thread: threading.Thread) -> None:
+        job = self._timed.pop(job_id, None)
+        if job is None:
+            return  # finished in time
+        self._running.pop(job_id, None)
+        timeout = job.opts.timeout
+        logger.warning("job %s ran over its %.3g s timeout; its thread %s is abandoned", job_id, timeout, thread.name)
+        with self._lock:
+            self._abandoned.add(thread)
+        settle_failure(job, TimeoutError(f"job ran longer than its timeout of {timeout} s"), self.batcher)
+        self._spawn()  # the replacement
+        self.batcher.wake_all()
+
+    # -- lifecycle ---------------------------------------------------------------------
 
     def _initializer_failed(self) -> None:
         error = BrokenThreadPool("A thread initializer failed, the thread pool is not usable anymore")
@@ -111,16 +229,41 @@ class ThreadBackend(Backend):
 
     def begin_shutdown(self) -> None:
         self.batcher.wake_all()
+        with self._lock:
+            self._watch.notify_all()
 
-    def join(self) -> None:
+    def abort(self, error: BaseException) -> None:
+        self._aborted = error
+        self.batcher.close(str(error))
+        fail_jobs(self.batcher.drain(), error)
+        jobs = list(self._running.values())
+        self._running.clear()
+        self._timed.clear()
+        fail_jobs(jobs, error)
+        self.batcher.wake_all()
+        with self._lock:
+            self._deadlines.clear()
+            self._watch.notify_all()
+
+    def join(self, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
         current = threading.current_thread()
-        for thread in list(self._threads):
-            if thread is not current:  # shutdown() from a done-callback on a worker
-                thread.join()
+        threads = list(self._threads)
+        if self._watchdog is not None:
+            threads.append(self._watchdog)
+        for thread in threads:
+            if thread is current:  # shutdown() from a done-callback on a worker
+                continue
+            if thread in self._abandoned or self._aborted is not None:
+                continue  # cannot be stopped; it exits when its job returns
+            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                return False
+        return True
 
     @property
     def broken(self) -> BaseException | None:
         return self._broken
 
     def compat_workers(self) -> dict[Any, Any]:
-        return {t.ident: t for t in self._threads}
+        return {t.ident: t for t in self._threads if t not in self._abandoned}

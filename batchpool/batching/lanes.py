@@ -4,25 +4,37 @@ Imports ``batchpool.jobs`` and ``batchpool.options`` only; backends call in.
 
 Jobs wait here, in the parent, until a worker can take them; nothing queues
 inside workers beyond a small prefetch. A lane holds the jobs of one
-(priority, kind, callable). A worker with a free slot asks ``take()`` for a
-batch and gets one from the best ready lane:
+(priority, kind, key), the key being the callable unless the user names one.
+A worker with a free slot asks ``take()`` for a batch and gets one from the
+best ready lane:
 
-* priority first (REALTIME, NORMAL, BULK), round robin among lanes of one
-  priority so one busy callable cannot starve another;
-* a lane is ready when it has ``max_batch_size`` jobs, when its oldest job has
-  waited ``max_delay``, when the pool is closing, or at once when ``max_delay``
-  is 0 (the default: flush as soon as a worker is free);
-* size: up to ``max_batch_size``, split evenly over the idle workers, and for
-  jobs whose measured run time is known, no more than ``target_batch_time``
-  worth of them, so slow jobs still spread over every worker. A callable never
-  seen before goes out one job at a time until its first batch has been timed.
+* Priority: REALTIME before NORMAL before BULK, round robin among the lanes of
+  one priority. Aging keeps lower lanes from starving: a lane whose oldest job
+  has waited ``AGE_STEP`` seconds, and which was not served in the last
+  ``AGE_STEP`` seconds, is served next whatever its priority. So under any load
+  a BULK lane still gets a batch at least every ``AGE_STEP`` seconds, and a
+  REALTIME job waits behind at most one such batch.
+* Ready: a lane is ready when it has ``max_batch_size`` jobs, when its oldest
+  job has waited ``max_delay``, when the pool is closing, or at once when
+  ``max_delay`` is 0 (the default: flush as soon as a worker is free).
+  REALTIME lanes never linger. Both limits can be set per key.
+* Size: up to ``max_batch_size``, split evenly over the idle workers, and for
+  plain jobs whose measured run time is known, no more than
+  ``target_batch_time`` worth of them, so slow jobs still spread over every
+  worker. A callable never timed yet goes out one job at a time until its first
+  batch is back. Jobs with a timeout go out alone (so a timeout is exact).
 
 Because jobs collect while every worker is busy, batches grow with load by
 themselves and stay small (fast) when the pool is idle.
+
+Retried jobs come back through ``put_delayed`` and wait, without any thread
+sleeping, until their backoff has passed.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import threading
 import time
@@ -30,11 +42,13 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from ..jobs import Batch, Job
+from ..jobs import BATCHED, BATCHED_BISECT, Batch, Job
 from ..options import Priority
 
-__all__ = ["Batcher", "lane_key"]
+__all__ = ["AGE_STEP", "Batcher", "lane_key"]
 
+#: Seconds after which a waiting lower-priority lane is served regardless.
+AGE_STEP = 0.25
 # How strongly one new timing sample moves a callable's run-time estimate.
 _EWMA_WEIGHT = 0.3
 # Timing estimates are kept by name, not by object (an object key would keep
@@ -42,16 +56,17 @@ _EWMA_WEIGHT = 0.3
 _MAX_ESTIMATES = 4096
 
 
-def lane_key(job: Job) -> Hashable:
-    """The lane a job waits in: its priority, its kind and its callable."""
-    fn = job.fn
+def lane_key(job: Job) -> tuple[Any, ...]:
+    """The lane a job waits in: priority, kind, key (or callable), timed or not."""
+    opts = job.opts
+    key: Hashable = opts.key if opts.key is not None else job.fn
     try:
-        hash(fn)
+        hash(key)
     except TypeError:
-        # An unhashable callable gets a lane of its own identity; take() checks
+        # An unhashable callable gets a lane of its own identity; _pop() checks
         # callables by identity too, so an id reused later cannot mix batches.
-        return (job.priority, job.kind, "id", id(fn))
-    return (job.priority, job.kind, fn)
+        key = ("id", id(key))
+    return (opts.priority, job.kind, key, opts.timeout is not None)
 
 
 def timing_key(fn: Callable[..., Any], kind: int) -> Hashable:
@@ -63,12 +78,16 @@ def timing_key(fn: Callable[..., Any], kind: int) -> Hashable:
 
 
 class _Lane:
-    __slots__ = ("jobs", "key", "priority", "timing_key")
+    __slots__ = ("jobs", "key", "last_served", "max_batch_size", "max_delay", "priority", "timed", "timing_key")
 
-    def __init__(self, key: Hashable, job: Job) -> None:
+    def __init__(self, key: tuple[Any, ...], job: Job, max_batch_size: int, max_delay: float) -> None:
         self.key = key
-        self.priority = job.priority
+        self.priority = int(job.opts.priority)
+        self.timed = job.opts.timeout is not None
         self.timing_key = timing_key(job.fn, job.kind)
+        self.max_batch_size = max_batch_size
+        self.max_delay = 0.0 if self.priority == Priority.REALTIME else max_delay
+        self.last_served = job.t_submit
         self.jobs: deque[Job] = deque()
 
 
@@ -76,9 +95,10 @@ class Batcher:
     """The lanes of one pool. Thread-safe; ``put`` is cheap (one short lock).
 
     Args:
-        max_batch_size: most jobs in one batch.
+        max_batch_size: most jobs in one batch (default for every key).
         max_delay: seconds a partial batch may wait for more jobs (0: none).
         target_batch_time: seconds of measured work one batch should hold.
+        max_pending: most jobs queued at once (None: no limit); see ``put``.
         clock: monotonic clock, injectable for tests.
 
     Example:
@@ -96,43 +116,95 @@ class Batcher:
         max_batch_size: int,
         max_delay: float,
         target_batch_time: float = 0.005,
+        max_pending: int | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.max_delay = max_delay
         self.target_batch_time = target_batch_time
+        self.max_pending = max_pending
         self._clock = clock
         # One lock for lanes and counters; every critical section is a few
         # dict/deque operations, and no user code runs under it.
         self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)
-        self._lanes: dict[Hashable, _Lane] = {}
+        self._cond = threading.Condition(self._lock)  # idle worker threads wait here
+        self._space = threading.Condition(self._lock)  # blocked submitters wait here
+        self._lanes: dict[tuple[Any, ...], _Lane] = {}
         # Lanes that hold jobs, per priority, in round-robin order.
-        self._active: dict[int, OrderedDict[Hashable, _Lane]] = {int(p): OrderedDict() for p in Priority}
+        self._active: dict[int, OrderedDict[tuple[Any, ...], _Lane]] = {int(p): OrderedDict() for p in Priority}
+        self._policies: dict[Hashable, tuple[int, float]] = {}
+        self._delayed: list[tuple[float, int, Job]] = []  # heap of retries by ready time
+        self._seq = itertools.count()
         self._estimates: OrderedDict[Hashable, float] = OrderedDict()
-        self._pending = 0
+        self._pending = 0  # queued jobs, delayed ones included
         self._waiters = 0  # threads blocked in take_wait(); read without the lock
+        self._space_waiters = 0
         self._closed = False  # no more put(); every lane flushes at once
         self._closed_reason = ""
         self._closed_error: type[BaseException] = RuntimeError
 
     # -- submit side ---------------------------------------------------------
 
-    def put(self, job: Job) -> None:
-        """Queue one job. Raises RuntimeError once the batcher is closed."""
+    def set_policy(self, key: Hashable, max_batch_size: int, max_delay: float) -> None:
+        """Batching limits for the lane(s) of one key, instead of the defaults."""
+        with self._lock:
+            self._policies[key] = (max_batch_size, max_delay)
+            for lane in self._lanes.values():
+                if lane.key[2] == key:
+                    lane.max_batch_size = max_batch_size
+                    lane.max_delay = 0.0 if lane.priority == Priority.REALTIME else max_delay
+
+    def put(self, job: Job, *, block: bool = False, timeout: float | None = None) -> bool:
+        """Queue one job.
+
+        When ``max_pending`` jobs are queued already: with ``block``, wait for
+        room (up to ``timeout`` seconds) and return False if none came;
+        without, return False at once. Returns True once the job is queued.
+
+        Raises:
+            RuntimeError (or the error given to ``close``): the batcher is closed.
+        """
         key = lane_key(job)
         with self._lock:
             if self._closed:
                 raise self._closed_error(self._closed_reason)
-            lane = self._lanes.get(key)
-            if lane is None:
-                lane = self._lanes[key] = _Lane(key, job)
-            if not lane.jobs:
-                self._active[lane.priority][key] = lane
-            lane.jobs.append(job)
+            limit = self.max_pending
+            if limit is not None and self._pending >= limit:
+                if not block:
+                    return False
+                deadline = None if timeout is None else self._clock() + timeout
+                self._space_waiters += 1
+                try:
+                    while self._pending >= limit and not self._closed:
+                        remaining = None if deadline is None else deadline - self._clock()
+                        if remaining is not None and remaining <= 0:
+                            return False
+                        self._space.wait(remaining)
+                finally:
+                    self._space_waiters -= 1
+                if self._closed:
+                    raise self._closed_error(self._closed_reason)
+            self._queue_locked(key, job)
+            return True
+
+    def put_delayed(self, job: Job, delay: float) -> None:
+        """Queue a job again after ``delay`` seconds (a retry; never refused)."""
+        with self._lock:
+            heapq.heappush(self._delayed, (self._clock() + delay, next(self._seq), job))
             self._pending += 1
-            if self._waiters:
-                self._cond.notify()
+            self._cond.notify()
+
+    def _queue_locked(self, key: tuple[Any, ...], job: Job) -> None:
+        lane = self._lanes.get(key)
+        if lane is None:
+            size, delay = self._policies.get(key[2], (self.max_batch_size, self.max_delay))
+            lane = self._lanes[key] = _Lane(key, job, size, delay)
+        if not lane.jobs:
+            self._active[lane.priority][key] = lane
+        lane.jobs.append(job)
+        self._pending += 1
+        if self._waiters:
+            self._cond.notify()
 
     @property
     def pending(self) -> int:
@@ -143,6 +215,11 @@ class Batcher:
     def waiters(self) -> int:
         """Worker threads blocked in ``take_wait`` (idle), for spawn decisions."""
         return self._waiters
+
+    def depths(self) -> dict[tuple[Any, ...], int]:
+        """Jobs waiting per lane key (a snapshot)."""
+        with self._lock:
+            return {key: len(lane.jobs) for key, lane in self._lanes.items() if lane.jobs}
 
     # -- worker side ---------------------------------------------------------
 
@@ -184,40 +261,60 @@ class Batcher:
                     self._waiters -= 1
 
     def _take_locked(self, max_jobs: int, idle: int, prefetch: bool, now: float) -> Batch | None:
+        if self._delayed and self._delayed[0][0] <= now:
+            self._promote_locked(now)
+        for key, lane, reason in self._candidates(now):
+            size = self._size(lane, max_jobs, idle, prefetch)
+            if size == 0:
+                continue
+            jobs = self._pop(lane, size)
+            lane.last_served = now
+            active = self._active[lane.priority]
+            if lane.jobs:
+                active.move_to_end(key)  # round robin within a priority
+            else:
+                del active[key]
+                del self._lanes[key]  # empty lanes go: they hold the callable
+            if self._space_waiters:
+                self._space.notify(len(jobs))
+            return Batch(jobs, reason, lane.timing_key)
+        return None
+
+    def _candidates(self, now: float) -> list[tuple[tuple[Any, ...], _Lane, str]]:
+        """Ready lanes in the order they should be served."""
+        ready: list[tuple[tuple[Any, ...], _Lane, str]] = []
+        starving: list[tuple[tuple[Any, ...], _Lane, str]] = []
         for priority in (0, 1, 2):
-            active = self._active[priority]
-            for key, lane in active.items():
+            for key, lane in self._active[priority].items():
                 reason = self._ready(lane, now)
                 if reason is None:
                     continue
-                size = self._size(lane, max_jobs, idle, prefetch)
-                if size == 0:
-                    continue
-                jobs = self._pop(lane, size)
-                if lane.jobs:
-                    active.move_to_end(key)  # round robin within a priority
+                if priority and now - lane.last_served >= AGE_STEP and now - lane.jobs[0].t_submit >= AGE_STEP:
+                    starving.append((key, lane, reason))
                 else:
-                    del active[key]
-                    del self._lanes[key]  # empty lanes go: they hold the callable
-                return Batch(jobs, reason, lane.timing_key)
-        return None
+                    ready.append((key, lane, reason))
+        return starving + ready
 
     def _ready(self, lane: _Lane, now: float) -> str | None:
         if self._closed:
             return "shutdown"
-        if len(lane.jobs) >= self.max_batch_size:
+        if len(lane.jobs) >= lane.max_batch_size:
             return "size"
-        if self.max_delay == 0 or lane.priority == Priority.REALTIME:
+        if lane.max_delay == 0:
             return "free worker"
-        if now - lane.jobs[0].t_submit >= self.max_delay:
+        if now - lane.jobs[0].t_submit >= lane.max_delay:
             return "delay"
         return None
 
     def _size(self, lane: _Lane, max_jobs: int, idle: int, prefetch: bool) -> int:
+        if lane.timed:
+            return 0 if prefetch else 1  # a timeout is measured from the job's own start
         queued = len(lane.jobs)
-        size = min(self.max_batch_size, max_jobs, queued)
-        if self.max_delay and not self._closed:
+        size = min(lane.max_batch_size, max_jobs, queued)
+        if lane.max_delay and not self._closed:
             return size  # the user asked for size-or-delay batches: keep them whole
+        if lane.jobs[0].kind in (BATCHED, BATCHED_BISECT):
+            return size  # batch functions: the batch is the user's unit of work
         estimate = self._estimates.get(lane.timing_key)
         if estimate is None:
             # Never timed: probe with single jobs until the first batch is back.
@@ -240,6 +337,13 @@ class Batcher:
         self._pending -= len(out)
         return out
 
+    def _promote_locked(self, now: float) -> None:
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            _, _, job = heapq.heappop(delayed)
+            self._pending -= 1
+            self._queue_locked(lane_key(job), job)
+
     # -- timing ----------------------------------------------------------------
 
     def record(self, key: Hashable, jobs: int, seconds: float) -> None:
@@ -258,20 +362,20 @@ class Batcher:
         return self._estimates.get(key)
 
     def next_deadline(self) -> float | None:
-        """When the next lingering lane becomes ready, on this batcher's clock."""
+        """When a lingering lane or a delayed retry becomes ready (batcher clock)."""
         with self._lock:
             return self._next_deadline_locked()
 
     def _next_deadline_locked(self) -> float | None:
-        if not self.max_delay or self._closed:
-            return None
-        oldest = [
-            lane.jobs[0].t_submit
-            for active in self._active.values()
-            for lane in active.values()
-            if lane.priority != Priority.REALTIME
-        ]
-        return min(oldest) + self.max_delay if oldest else None
+        deadlines = [self._delayed[0][0]] if self._delayed else []
+        if not self._closed:
+            deadlines.extend(
+                lane.jobs[0].t_submit + lane.max_delay
+                for active in self._active.values()
+                for lane in active.values()
+                if lane.max_delay
+            )
+        return min(deadlines) if deadlines else None
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -286,31 +390,37 @@ class Batcher:
 
         ``put`` raises ``error(reason)`` from now on; a later call with another
         error (a pool that breaks while shutting down) replaces it. With
-        ``cancel``, remove every queued job and return them (the caller cancels
-        their Futures, outside any lock, since that runs callbacks).
+        ``cancel``, remove every queued job that has not started and return
+        them (the caller cancels their Futures, outside any lock, since that
+        runs callbacks); retries waiting for their backoff stay.
         """
         with self._lock:
             if not self._closed or error is not RuntimeError:
                 self._closed = True
                 self._closed_reason = reason
                 self._closed_error = error
-            removed = self._drain_locked() if cancel else []
+            removed = self._drain_locked(started=False) if cancel else []
             self._cond.notify_all()
+            self._space.notify_all()
         return removed
 
     def drain(self) -> list[Job]:
-        """Remove and return every queued job (a broken pool fails them)."""
+        """Remove and return every queued job, retries included (a dying pool fails them)."""
         with self._lock:
-            removed = self._drain_locked()
+            removed = self._drain_locked(started=True)
             self._cond.notify_all()
+            self._space.notify_all()
         return removed
 
-    def _drain_locked(self) -> list[Job]:
+    def _drain_locked(self, *, started: bool) -> list[Job]:
         removed = [job for lane in self._lanes.values() for job in lane.jobs]
         self._lanes.clear()
         for active in self._active.values():
             active.clear()
-        self._pending = 0
+        if started:
+            removed.extend(job for _, _, job in self._delayed)
+            self._delayed.clear()
+        self._pending = len(self._delayed)
         return removed
 
     def wake_all(self) -> None:

@@ -10,12 +10,20 @@ import batchpool
 PUBLIC = [
     "BatchPoolError",
     "BatchPoolExecutor",
+    "BatchResultError",
+    "CircuitBreaker",
+    "CircuitOpenError",
+    "ExecutorView",
     "JobInfo",
     "Priority",
+    "QueueFullError",
     "RemoteError",
     "RemoteTraceback",
+    "RetryPolicy",
+    "ShutdownError",
     "TransportError",
     "WorkerCrashedError",
+    "batched",
     "job_info",
 ]
 
