@@ -36,7 +36,7 @@ from .backends.base import Backend, cancel_jobs, fail_jobs
 from .batching import Batcher
 from .errors import QueueFullError, ShutdownError
 from .jobs import BATCHED, BATCHED_BISECT, CALLS, CHUNKS, ChunkResult, Job, is_batched
-from .options import DEFAULT_MAX_BATCH_SIZE, JobOptions, Priority, check_timeout, make_config
+from .options import DEFAULT_MAX_BATCH_SIZE, DEFAULT_TARGET_BATCH_TIME, JobOptions, Priority, check_timeout, make_config
 from .retry import CircuitBreaker, CircuitOpenError, RetryPolicy
 
 __all__ = ["BatchPoolExecutor"]
@@ -107,9 +107,13 @@ class BatchPoolExecutor(Executor):
         thread_name_prefix: name prefix of the thread backend's threads.
         backend: ``"process"`` or ``"thread"``.
         transport: how batches reach worker processes (``"pipe"``).
-        max_batch_size: most calls in one batch.
+        max_batch_size: most calls in one batch, or ``"auto"``: batches of up
+            to 4096, sized so that one runs about ``target_batch_time``.
+            (Plain jobs are always cut to that time once measured; "auto"
+            extends it to ``@batched`` functions.)
         max_delay: seconds a partial batch may wait for more calls; 0 (the
             default) sends whatever is waiting as soon as a worker is free.
+        target_batch_time: seconds of work one batch should hold (default 5 ms).
         max_pending: most jobs queued (not yet dispatched) at once; None: no limit.
         on_full: what ``submit`` does when ``max_pending`` jobs are queued:
             ``"block"`` (wait for room), ``"raise"`` (``QueueFullError``) or
@@ -139,8 +143,9 @@ class BatchPoolExecutor(Executor):
         thread_name_prefix: str = "",
         backend: str = "process",
         transport: str = "pipe",
-        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        max_batch_size: int | str = DEFAULT_MAX_BATCH_SIZE,
         max_delay: float = 0.0,
+        target_batch_time: float = DEFAULT_TARGET_BATCH_TIME,
         max_pending: int | None = None,
         on_full: str = "block",
         timeout: float | None = None,
@@ -169,6 +174,7 @@ class BatchPoolExecutor(Executor):
             transport=transport,
             max_batch_size=max_batch_size,
             max_delay=max_delay,
+            target_batch_time=target_batch_time,
         )
         self._config = config
         self._batcher = Batcher(
@@ -176,6 +182,7 @@ class BatchPoolExecutor(Executor):
             max_delay=config.max_delay,
             target_batch_time=config.target_batch_time,
             max_pending=max_pending,
+            auto=config.auto_batch_size,
         )
         self._backend = load_backend(config.backend)(config, self._batcher)
         # Serialises shutdown() calls against each other (never held by submit).

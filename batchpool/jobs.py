@@ -222,9 +222,7 @@ def batched(fn: F) -> F:
     try:
         fn.__batchpool_batched__ = True  # type: ignore[attr-defined]
     except (AttributeError, TypeError):
-        raise TypeError(
-            f"@batched needs a function it can mark; got {type(fn).__name__} (wrap it in a def)"
-        ) from None
+        raise TypeError(f"@batched needs a function it can mark; got {type(fn).__name__} (wrap it in a def)") from None
     return fn
 
 

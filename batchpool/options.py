@@ -32,6 +32,9 @@ DEFAULT_MAX_BATCH_SIZE = 512
 #: over every worker instead of queueing behind one.
 DEFAULT_TARGET_BATCH_TIME = 0.005
 
+#: Hard upper bound of a batch under ``max_batch_size="auto"``.
+AUTO_MAX_BATCH_SIZE = 4096
+
 BACKENDS = ("process", "thread")
 TRANSPORTS = ("pipe",)
 
@@ -91,6 +94,7 @@ class PoolConfig:
     max_batch_size: int
     max_delay: float
     target_batch_time: float = DEFAULT_TARGET_BATCH_TIME
+    auto_batch_size: bool = False
 
 
 def _cpu_count() -> int:
@@ -137,8 +141,9 @@ def make_config(
     thread_name_prefix: str,
     backend: str,
     transport: str,
-    max_batch_size: int,
+    max_batch_size: int | str,
     max_delay: float,
+    target_batch_time: float = DEFAULT_TARGET_BATCH_TIME,
 ) -> PoolConfig:
     """Validate the constructor's arguments and fill in the defaults.
 
@@ -191,8 +196,12 @@ def make_config(
             )
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
-    _check_int("max_batch_size", max_batch_size, 1)
+    auto = max_batch_size == "auto"
+    size = AUTO_MAX_BATCH_SIZE if auto else _check_int("max_batch_size", max_batch_size, 1)
     delay = _check_seconds("max_delay", max_delay)
+    target = _check_seconds("target_batch_time", target_batch_time)
+    if target == 0:
+        raise ValueError("target_batch_time must be > 0 seconds")
     return PoolConfig(
         backend=backend,
         max_workers=max_workers,
@@ -202,6 +211,8 @@ def make_config(
         max_tasks_per_child=max_tasks_per_child,
         thread_name_prefix=thread_name_prefix,
         transport=transport,
-        max_batch_size=max_batch_size,
+        max_batch_size=size,
         max_delay=delay,
+        target_batch_time=target,
+        auto_batch_size=auto,
     )

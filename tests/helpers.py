@@ -145,3 +145,84 @@ class CountingCallable:
 
     def __hash__(self) -> int:
         return 1
+
+
+def segfault() -> None:
+    import ctypes
+
+    ctypes.string_at(0)
+
+
+def hang_forever() -> None:
+    import threading
+
+    threading.Event().wait()
+
+
+def exit_if(x: int, bad: int) -> int:
+    if x == bad:
+        os._exit(7)
+    return x
+
+
+def flaky(path: str, failures: int) -> int:
+    """Fail the first ``failures`` calls (counted in a file), then return the count."""
+    with open(path, "a+") as f:
+        f.seek(0)
+        count = len(f.read())
+        f.write("x")
+    if count < failures:
+        raise ConnectionError(f"attempt {count + 1} fails")
+    return count + 1
+
+
+def count_run(path: str, x: int) -> int:
+    """Record one execution of ``x`` (append-only, one line per run) and return x."""
+    with open(path, "a") as f:
+        f.write(f"{x}\n")
+    return x
+
+
+def _batched(fn: Any) -> Any:
+    from batchpool import batched
+
+    return batched(fn)
+
+
+@_batched
+def double_all(items: list[int]) -> list[Any]:
+    """Doubles each item; a negative item gets its own ValueError."""
+    return [ValueError(f"negative: {x}") if x < 0 else 2 * x for x in items]
+
+
+@_batched
+def batch_sizes(items: list[Any]) -> list[int]:
+    return [len(items)] * len(items)
+
+
+@_batched
+def wrong_length(items: list[Any]) -> list[Any]:
+    return items[:-1]
+
+
+@_batched
+def raise_if_poison(items: list[int]) -> list[int]:
+    if 13 in items:
+        raise RuntimeError("poison in batch")
+    return [x * 10 for x in items]
+
+
+@_batched
+def slow_items(items: list[float]) -> list[int]:
+    time.sleep(sum(items))
+    return [len(items)] * len(items)
+
+
+def wait_for_path(path: str, timeout: float = 30.0) -> bool:
+    """Block (as simulated work) until ``path`` exists: a gate across processes."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True

@@ -80,9 +80,7 @@ class ThreadBackend(Backend):
             self._threads.append(thread)
 
     def _stop(self) -> bool:
-        return (
-            self._broken is not None or self._aborted is not None or threading.current_thread() in self._abandoned
-        )
+        return self._broken is not None or self._aborted is not None or threading.current_thread() in self._abandoned
 
     def _work(self) -> None:
         config = self.config

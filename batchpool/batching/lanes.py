@@ -99,6 +99,8 @@ class Batcher:
         max_delay: seconds a partial batch may wait for more jobs (0: none).
         target_batch_time: seconds of measured work one batch should hold.
         max_pending: most jobs queued at once (None: no limit); see ``put``.
+        auto: size batches of ``@batched`` functions by measured time too
+            (``max_batch_size="auto"``); plain jobs always are.
         clock: monotonic clock, injectable for tests.
 
     Example:
@@ -117,9 +119,11 @@ class Batcher:
         max_delay: float,
         target_batch_time: float = 0.005,
         max_pending: int | None = None,
+        auto: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_batch_size = max_batch_size
+        self.auto = auto
         self.max_delay = max_delay
         self.target_batch_time = target_batch_time
         self.max_pending = max_pending
@@ -313,7 +317,7 @@ class Batcher:
         size = min(lane.max_batch_size, max_jobs, queued)
         if lane.max_delay and not self._closed:
             return size  # the user asked for size-or-delay batches: keep them whole
-        if lane.jobs[0].kind in (BATCHED, BATCHED_BISECT):
+        if lane.jobs[0].kind in (BATCHED, BATCHED_BISECT) and not self.auto:
             return size  # batch functions: the batch is the user's unit of work
         estimate = self._estimates.get(lane.timing_key)
         if estimate is None:
