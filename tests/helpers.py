@@ -226,3 +226,4 @@ def wait_for_path(path: str, timeout: float = 30.0) -> bool:
             return False
         time.sleep(0.005)
     return True
+SMALL_INPUTS = list(range(2000))

@@ -304,6 +304,7 @@ class ProcessBackend(Backend):
                     max_jobs=self._budget(worker),
                     idle_workers=free + self.config.max_workers - len(self._workers),
                     prefetch=not idle,
+                    workers=self.config.max_workers,
                 )
                 if taken is None:
                     break

@@ -49,6 +49,10 @@ __all__ = ["AGE_STEP", "Batcher", "lane_key"]
 
 #: Seconds after which a waiting lower-priority lane is served regardless.
 AGE_STEP = 0.25
+#: For this long after a REALTIME job was queued, other work is not prefetched
+#: into busy workers and its batches are cut to a quarter of the target time,
+#: so a worker frees up often and the next REALTIME job finds it.
+REALTIME_WINDOW = 1.0
 # How strongly one new timing sample moves a callable's run-time estimate.
 _EWMA_WEIGHT = 0.3
 # Timing estimates are kept by name, not by object (an object key would keep
@@ -146,6 +150,8 @@ class Batcher:
         self._closed = False  # no more put(); every lane flushes at once
         self._closed_reason = ""
         self._closed_error: type[BaseException] = RuntimeError
+        self._last_realtime = -REALTIME_WINDOW * 2
+        self._workers_hint = 1
 
     # -- submit side ---------------------------------------------------------
 
@@ -199,6 +205,8 @@ class Batcher:
             self._cond.notify()
 
     def _queue_locked(self, key: tuple[Any, ...], job: Job) -> None:
+        if key[0] == Priority.REALTIME:
+            self._last_realtime = job.t_submit
         lane = self._lanes.get(key)
         if lane is None:
             size, delay = self._policies.get(key[2], (self.max_batch_size, self.max_delay))
@@ -227,7 +235,7 @@ class Batcher:
 
     # -- worker side ---------------------------------------------------------
 
-    def take(self, *, max_jobs: int, idle_workers: int, prefetch: bool = False) -> Batch | None:
+    def take(self, *, max_jobs: int, idle_workers: int, prefetch: bool = False, workers: int = 1) -> Batch | None:
         """Cut the next batch, or return None when no lane is ready.
 
         Args:
@@ -235,10 +243,12 @@ class Batcher:
             idle_workers: workers that are idle now, counting the asking one;
                 a ready lane is split evenly among them.
             prefetch: the worker is still busy; only take jobs known to be
-                quick, so nothing waits behind a slow batch that another worker
-                could have run.
+                quick, or a lane deep enough (two jobs per worker) that no
+                worker can run dry while this one waits behind its batch.
+            workers: how many workers the pool has (for that depth rule).
         """
         with self._lock:
+            self._workers_hint = workers
             return self._take_locked(max_jobs, max(1, idle_workers), prefetch, self._clock())
 
     def take_wait(self, *, stop: Callable[[], bool]) -> Batch | None:
@@ -323,10 +333,17 @@ class Batcher:
         if estimate is None:
             # Never timed: probe with single jobs until the first batch is back.
             return 0 if prefetch else min(size, 1)
+        target = self.target_batch_time
+        if lane.priority != Priority.REALTIME and self._clock() - self._last_realtime < REALTIME_WINDOW:
+            if prefetch:
+                return 0
+            target /= 4
         if estimate > 0:
-            size = min(size, max(1, int(self.target_batch_time / estimate)))
-        if prefetch and estimate * size > self.target_batch_time:
-            return 0
+            size = min(size, max(1, int(target / estimate)))
+        if prefetch and estimate * size > target:
+            # Slow jobs: prefetch one only while the lane is deep enough that
+            # every other worker still finds work when it frees up.
+            return 1 if queued >= 2 * self._workers_hint else 0
         return min(size, math.ceil(queued / idle))
 
     def _pop(self, lane: _Lane, size: int) -> list[Job]:

@@ -59,13 +59,18 @@ def test_slow_jobs_are_cut_to_the_target_batch_time() -> None:
     assert b.take(max_jobs=64, idle_workers=1, prefetch=True) is not None
 
 
-def test_jobs_slower_than_the_target_are_never_prefetched() -> None:
+def test_slow_jobs_are_prefetched_only_from_a_deep_lane() -> None:
     b = Batcher(max_batch_size=64, max_delay=0, target_batch_time=0.01)
     b.record(("builtins", "abs", 0), 1, 0.05)
+    for _ in range(3):
+        b.put(job())
+    # Three jobs, two workers: a prefetched one could leave the other worker idle.
+    assert b.take(max_jobs=64, idle_workers=1, prefetch=True, workers=2) is None
+    batch = b.take(max_jobs=64, idle_workers=1, workers=2)
+    assert batch is not None and len(batch.jobs) == 1
     for _ in range(10):
         b.put(job())
-    assert b.take(max_jobs=64, idle_workers=1, prefetch=True) is None
-    batch = b.take(max_jobs=64, idle_workers=1)
+    batch = b.take(max_jobs=64, idle_workers=1, prefetch=True, workers=2)
     assert batch is not None and len(batch.jobs) == 1
 
 
