@@ -106,7 +106,10 @@ class BatchPoolExecutor(Executor):
         max_tasks_per_child: a worker process is replaced after this many jobs.
         thread_name_prefix: name prefix of the thread backend's threads.
         backend: ``"process"`` or ``"thread"``.
-        transport: how batches reach worker processes (``"pipe"``).
+        transport: how batches reach worker processes: ``"shm"`` (the
+            default: messages through pipes, buffers of 256 KiB and more, such
+            as numpy arrays, through shared memory without copies) or
+            ``"pipe"`` (everything through pipes).
         max_batch_size: most calls in one batch, or ``"auto"``: batches of up
             to 4096, sized so that one runs about ``target_batch_time``.
             (Plain jobs are always cut to that time once measured; "auto"
@@ -142,7 +145,7 @@ class BatchPoolExecutor(Executor):
         max_tasks_per_child: int | None = None,
         thread_name_prefix: str = "",
         backend: str = "process",
-        transport: str = "pipe",
+        transport: str = "shm",
         max_batch_size: int | str = DEFAULT_MAX_BATCH_SIZE,
         max_delay: float = 0.0,
         target_batch_time: float = DEFAULT_TARGET_BATCH_TIME,

@@ -85,7 +85,19 @@ class Job:
 class Batch:
     """A group of jobs cut from one lane and sent to one worker, parent side."""
 
-    __slots__ = ("done", "fn", "id", "jobs", "kind", "reason", "record", "t_dispatch", "timing_key", "worker")
+    __slots__ = (
+        "done",
+        "fn",
+        "id",
+        "jobs",
+        "kind",
+        "reason",
+        "record",
+        "segments",
+        "t_dispatch",
+        "timing_key",
+        "worker",
+    )
 
     def __init__(self, jobs: list[Job], reason: str, timing_key: object) -> None:
         self.id = next(_batch_ids)
@@ -98,6 +110,7 @@ class Batch:
         self.worker: object = None
         self.t_dispatch = 0.0
         self.record: _BatchRecord | None = None
+        self.segments: list[str] = []  # shared-memory names of its large buffers
 
     def claim(self) -> bool:
         """Mark the jobs running; drop the ones cancelled meanwhile.

@@ -36,7 +36,10 @@ DEFAULT_TARGET_BATCH_TIME = 0.005
 AUTO_MAX_BATCH_SIZE = 4096
 
 BACKENDS = ("process", "thread")
-TRANSPORTS = ("pipe",)
+TRANSPORTS = ("shm", "pipe")
+#: Buffers at least this large travel through shared memory (transport "shm").
+#: Below it, one more copy through the pipe is cheaper than a segment.
+OOB_THRESHOLD = 256 * 1024
 
 
 class Priority(enum.IntEnum):

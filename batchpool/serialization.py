@@ -17,14 +17,26 @@ imports nothing from batchpool. Rules:
 from __future__ import annotations
 
 import pickle
+import struct
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import cloudpickle  # type: ignore[import-untyped]
 
-__all__ = ["PROTOCOL", "dumps", "dumps_callable", "dumps_each", "loads"]
+__all__ = [
+    "PROTOCOL",
+    "dumps",
+    "dumps_callable",
+    "dumps_each",
+    "dumps_oob",
+    "frame_oob",
+    "loads",
+    "unframe_oob",
+]
 
 PROTOCOL = 5
+_COUNT = struct.Struct("<I")
+_SEGMENT = struct.Struct("<HQ")
 
 
 def dumps(obj: object) -> bytes:
@@ -58,20 +70,82 @@ def dumps_callable(fn: Callable[..., Any]) -> bytes:
     return dumps(fn)
 
 
-def dumps_each(items: Sequence[object]) -> tuple[bytes, dict[int, BaseException]]:
+def dumps_oob(obj: object, threshold: int | None) -> tuple[bytes, list[memoryview]]:
+    """Pickle ``obj``, keeping buffers of ``threshold`` bytes or more out of band.
+
+    Returns the pickle and the large buffers (contiguous views of the
+    objects' own memory, not copies), for the caller to ship separately and
+    pass back to ``loads(data, buffers)``. With ``threshold`` None, all in band.
+
+    Example:
+        >>> data, big = dumps_oob(pickle.PickleBuffer(bytearray(100)), threshold=50)
+        >>> len(big), bytes(loads(data, big)) == bytes(100)
+        (1, True)
+    """
+    if threshold is None:
+        return dumps(obj), []
+    big: list[memoryview] = []
+
+    def keep(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: let it travel in band
+            return True
+        if raw.nbytes < threshold:
+            return True
+        big.append(raw)
+        return False  # out of band
+
+    try:
+        return pickle.dumps(obj, PROTOCOL, buffer_callback=keep), big
+    except Exception:  # noqa: BLE001 - any pickling failure gets a second chance
+        big.clear()
+        data: bytes = cloudpickle.dumps(obj, PROTOCOL, buffer_callback=keep)
+        return data, big
+
+
+def frame_oob(data: bytes, segments: Sequence[tuple[str, int]]) -> bytes:
+    """Prefix a pickle with the names and sizes of its out-of-band segments."""
+    parts = [_COUNT.pack(len(segments))]
+    for name, size in segments:
+        encoded = name.encode()
+        parts.append(_SEGMENT.pack(len(encoded), size))
+        parts.append(encoded)
+    parts.append(data)
+    return b"".join(parts)
+
+
+def unframe_oob(view: memoryview) -> tuple[memoryview, list[tuple[str, int]]]:
+    """Split what ``frame_oob`` made into the pickle and the segment list."""
+    (count,) = _COUNT.unpack_from(view)
+    offset = _COUNT.size
+    segments = []
+    for _ in range(count):
+        length, size = _SEGMENT.unpack_from(view, offset)
+        offset += _SEGMENT.size
+        segments.append((bytes(view[offset : offset + length]).decode(), size))
+        offset += length
+    return view[offset:], segments
+
+
+def dumps_each(
+    items: Sequence[object], threshold: int | None = None
+) -> tuple[bytes, dict[int, BaseException], list[memoryview]]:
     """Pickle a list, leaving out the items that cannot be pickled.
 
-    Returns the pickled list of the good items (in order) and, for each bad
-    item, its index in ``items`` and the exception pickling raised.
+    Returns the pickled list of the good items (in order); for each bad
+    item, its index in ``items`` and the exception pickling raised; and the
+    out-of-band buffers (see ``dumps_oob``).
 
     Example:
         >>> import threading
-        >>> data, bad = dumps_each([1, threading.Lock(), 3])
+        >>> data, bad, _ = dumps_each([1, threading.Lock(), 3])
         >>> loads(data), sorted(bad)
         ([1, 3], [1])
     """
     try:
-        return dumps(list(items)), {}
+        data, big = dumps_oob(list(items), threshold)
+        return data, {}, big
     except Exception:  # noqa: BLE001 - find the culprits one by one below
         pass
     good: list[object] = []
@@ -83,9 +157,10 @@ def dumps_each(items: Sequence[object]) -> tuple[bytes, dict[int, BaseException]
             bad[i] = exc
         else:
             good.append(item)
-    return dumps(good), bad
+    data, big = dumps_oob(good, threshold)
+    return data, bad, big
 
 
-def loads(data: bytes | memoryview) -> Any:
-    """Unpickle what ``dumps`` made (cloudpickle output loads with pickle)."""
-    return pickle.loads(data)
+def loads(data: bytes | memoryview, buffers: Sequence[Any] = ()) -> Any:
+    """Unpickle what ``dumps`` or ``dumps_oob`` made (cloudpickle output loads with pickle)."""
+    return pickle.loads(data, buffers=buffers)

@@ -29,6 +29,7 @@ from typing import Any
 from . import serialization
 from .errors import BatchResultError
 from .jobs import BATCHED_BISECT, CALLS, CHUNKS, ChunkResult, ExceptionWithTraceback
+from .transport import shm
 
 __all__ = [
     "MSG_BATCH",
@@ -72,6 +73,27 @@ class WorkerSpec:
     initializer: Callable[..., object] | None
     initargs: tuple[Any, ...]
     max_tasks: int | None
+    shm_prefix: str | None = None  # None: no shared memory, everything in band
+    oob_threshold: int | None = None
+
+
+# The worker's own segment factory (results); set by worker_main.
+_segments: shm.SegmentFactory | None = None
+_threshold: int | None = None
+
+
+def _pack(obj: object) -> bytes:
+    """Pickle ``obj``, its large buffers in shared-memory segments (framed)."""
+    data, big = serialization.dumps_oob(obj, _threshold if _segments is not None else None)
+    segments = [(_segments.put(buf), buf.nbytes) for buf in big] if _segments is not None else []
+    return serialization.frame_oob(data, segments)
+
+
+def unpack(view: memoryview) -> Any:
+    """Unpickle what ``_pack`` made, mapping (and unlinking) its segments."""
+    data, segments = serialization.unframe_oob(view)
+    buffers = [shm.open_segment(name, size) for name, size in segments]
+    return serialization.loads(data, buffers)
 
 
 def encode_batch(batch_id: int, kind: int, fn_blob: bytes, calls_blob: bytes) -> bytes:
@@ -143,10 +165,10 @@ def _encode_outcome(
     # payload it still knows which jobs to fail.
     header = _OUTCOME_HEADER.pack(MSG_OUTCOME, batch_id, start, len(values), final, run_time)
     try:
-        return header + serialization.dumps((values, errors))
+        return header + _pack((values, errors))
     except BaseException:  # noqa: BLE001 - SystemExit in __reduce__ must not kill us
         pass
-    return header + serialization.dumps(_make_picklable(values, errors))
+    return header + _pack(_make_picklable(values, errors))
 
 
 def parse_outcome(message: bytes) -> tuple[int, int, int, bool, float, memoryview]:
@@ -218,7 +240,7 @@ def _handle_batch(channel: Any, message: bytes) -> int:
         channel.send(MSG_SPLIT + serialization.dumps((batch_id, ExceptionWithTraceback(exc), True)))
         return 0
     try:
-        calls = serialization.loads(view[start + fn_len :])
+        calls = unpack(view[start + fn_len :])
     except BaseException as exc:  # noqa: BLE001 - the parent splits the batch to find the bad job
         channel.send(MSG_SPLIT + serialization.dumps((batch_id, ExceptionWithTraceback(exc), False)))
         return 0
@@ -234,6 +256,10 @@ def worker_main(spec: WorkerSpec) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel = spec.worker_channel(spec.channel_end)
     parent = os.getppid()
+    global _segments, _threshold
+    if spec.shm_prefix is not None:
+        _segments = shm.SegmentFactory(spec.shm_prefix)
+        _threshold = spec.oob_threshold
     if spec.initializer is not None:
         try:
             spec.initializer(*spec.initargs)

@@ -226,4 +226,17 @@ def wait_for_path(path: str, timeout: float = 30.0) -> bool:
             return False
         time.sleep(0.005)
     return True
+
+
 SMALL_INPUTS = list(range(2000))
+
+
+def describe_array(arr: Any) -> tuple[bool, bool, float]:
+    """How an array arrived: (owns its data, writeable, sum)."""
+    return bool(arr.flags.owndata), bool(arr.flags.writeable), float(arr.sum())
+
+
+def make_array(n: int) -> Any:
+    import numpy as np
+
+    return np.ones(n)

@@ -42,8 +42,8 @@ from .. import serialization
 from ..batching import Batcher
 from ..errors import TransportError, WorkerCrashedError, describe_exit
 from ..jobs import Batch
-from ..options import PoolConfig
-from ..transport import PipeTransport
+from ..options import OOB_THRESHOLD, PoolConfig
+from ..transport import PipeTransport, shm
 from ..transport.base import Channel
 from ..worker import (
     MSG_INIT_FAILED,
@@ -53,6 +53,7 @@ from ..worker import (
     WorkerSpec,
     encode_batch,
     parse_outcome,
+    unpack,
     worker_main,
 )
 from .base import Backend, fail_jobs, logger, settle_failure
@@ -67,6 +68,7 @@ STOP_GRACE = 5.0
 
 _WAKE, _RESULT, _SENTINEL, _WRITE = range(4)
 _worker_ids = itertools.count()
+_pool_ids = itertools.count()
 
 
 class _Worker:
@@ -115,6 +117,9 @@ class ProcessBackend(Backend):
         # Deadlines of running jobs that have a timeout: (deadline, batch id, worker id).
         self._deadlines: list[tuple[float, int, int]] = []
         self._abort: BaseException | None = None
+        self._segments: shm.SegmentFactory | None = None
+        if config.transport == "shm" and shm.available():
+            self._segments = shm.SegmentFactory(shm.pool_prefix(f"{next(_pool_ids)}"))
 
     # -- called from submitting threads -----------------------------------------
 
@@ -144,6 +149,8 @@ class ProcessBackend(Backend):
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
+            if self._segments is not None:
+                shm.cleanup_orphans()  # left by pools whose parent was killed
             self._selector = selectors.DefaultSelector()
             self._selector.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
             # The first worker (with fork: every worker) starts here, in the
@@ -259,6 +266,7 @@ class ProcessBackend(Backend):
             if worker is None or batch_id not in worker.inflight:
                 continue  # finished in time, or its worker died anyway
             batch = worker.inflight.pop(batch_id)
+            shm.unlink_all(batch.segments)
             worker.timed = None
             timeout = batch.jobs[0].opts.timeout
             # The only way to stop a running call for real: its process goes.
@@ -340,13 +348,24 @@ class ProcessBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - the callable fails every job of its batch
             fail_jobs(batch.jobs, exc)
             return
-        calls_blob, bad = serialization.dumps_each([(j.args, j.kwargs) for j in batch.jobs])
+        threshold = OOB_THRESHOLD if self._segments is not None else None
+        calls_blob, bad, big = serialization.dumps_each([(j.args, j.kwargs) for j in batch.jobs], threshold)
         if bad:
             for i, error in bad.items():
                 fail_jobs([batch.jobs[i]], error)
             batch.jobs = [j for i, j in enumerate(batch.jobs) if i not in bad]
             if not batch.jobs:
                 return
+        if big:
+            assert self._segments is not None
+            try:
+                batch.segments = [self._segments.put(buf) for buf in big]
+            except OSError as exc:  # /dev/shm full: fail this batch, keep the pool
+                shm.unlink_all(batch.segments)
+                fail_jobs(batch.jobs, exc)
+                return
+        sizes = [buf.nbytes for buf in big]
+        calls_blob = serialization.frame_oob(calls_blob, list(zip(batch.segments, sizes, strict=True)))
         batch.worker = worker
         batch.mark_dispatched()
         worker.inflight[batch.id] = batch
@@ -377,6 +396,8 @@ class ProcessBackend(Backend):
             initializer=self.config.initializer,
             initargs=self.config.initargs,
             max_tasks=self._max_tasks,
+            shm_prefix=None if self._segments is None else self._segments.prefix,
+            oob_threshold=OOB_THRESHOLD,
         )
         process = self._ctx.Process(  # type: ignore[attr-defined]
             target=worker_main, args=(spec,), name="batchpool-worker"
@@ -422,6 +443,7 @@ class ProcessBackend(Backend):
             batch_id, wrapped, fn_failed = serialization.loads(memoryview(message)[1:])
             batch = worker.inflight.pop(batch_id, None)
             if batch is not None:
+                shm.unlink_all(batch.segments)
                 worker.sent -= len(batch.jobs)  # never ran: not against its task budget
                 self._on_undecodable(batch, wrapped, fn_failed)
         elif tag == MSG_INIT_FAILED:
@@ -443,7 +465,7 @@ class ProcessBackend(Backend):
             return
         jobs = batch.jobs[start : start + count]
         try:
-            values, errors = serialization.loads(payload)
+            values, errors = unpack(payload)
         except BaseException as exc:  # noqa: BLE001 - SystemExit from a __reduce__ included
             error = TransportError(f"the result could not be unpickled in the parent: {exc!r}")
             error.__cause__ = exc
@@ -462,6 +484,7 @@ class ProcessBackend(Backend):
         batch.done = start + count
         if final:
             del worker.inflight[batch_id]
+            shm.unlink_all(batch.segments)
             if worker.timed == batch_id:
                 worker.timed = None
             batch.mark_done(run_time)
@@ -497,6 +520,8 @@ class ProcessBackend(Backend):
         del self._workers[worker.id]
         batches = list(worker.inflight.values())
         worker.inflight.clear()
+        for batch in batches:
+            shm.unlink_all(batch.segments)
         if worker.killed:
             return  # we killed it (a timeout); its job is settled already
         if batches or exitcode not in (0, None):
@@ -529,6 +554,7 @@ class ProcessBackend(Backend):
         for worker in self._workers.values():
             for batch in worker.inflight.values():
                 jobs.extend(batch.jobs[batch.done :])
+                shm.unlink_all(batch.segments)
             worker.inflight.clear()
         for batch in self._resend:
             jobs.extend(batch.jobs)
@@ -553,6 +579,10 @@ class ProcessBackend(Backend):
                 worker.process.join()
             worker.channel.close()
         self._workers.clear()
+        if self._segments is not None:
+            # Results a dead worker wrote but never announced, and anything
+            # else of this pool's: no segment outlives the pool.
+            shm.cleanup_prefix(self._segments.prefix)
         if self._selector is not None:
             self._selector.close()
         with self._wake_lock:

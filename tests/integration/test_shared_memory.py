@@ -1,0 +1,113 @@
+"""Large buffers travel through shared memory, without copies, and never leak."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from batchpool import BatchPoolExecutor, WorkerCrashedError
+from batchpool.transport import shm
+from tests import helpers
+
+np = pytest.importorskip("numpy")
+TIMEOUT = 60
+MB64 = 8 * 2**20  # float64 items in 64 MiB
+
+
+def _ours() -> list[str]:
+    return [name for name in os.listdir(shm.SHM_DIR) if name.startswith(f"bp-{os.getpid()}-")]
+
+
+def test_a_large_array_arrives_as_a_read_only_view_of_shared_memory() -> None:
+    arr = np.arange(MB64, dtype=np.float64)
+    with BatchPoolExecutor(max_workers=1) as ex:
+        owns, writeable, total = ex.submit(helpers.describe_array, arr).result(TIMEOUT)
+    assert (owns, writeable) == (False, False)
+    assert total == float(arr.sum())
+
+
+def test_the_pipe_transport_copies_instead() -> None:
+    arr = np.ones(MB64 // 8)
+    with BatchPoolExecutor(max_workers=1, transport="pipe") as ex:
+        owns, writeable, _ = ex.submit(helpers.describe_array, arr).result(TIMEOUT)
+    assert writeable or owns  # an ordinary unpickled copy
+
+
+def test_parent_memory_does_not_double_for_a_large_payload() -> None:
+    arr = np.ones(MB64)
+    proc = psutil.Process()
+    with BatchPoolExecutor(max_workers=1) as ex:
+        ex.submit(helpers.add_one, 1).result(TIMEOUT)
+        before = proc.memory_info().rss
+        assert ex.submit(helpers.describe_array, arr).result(TIMEOUT)[2] == MB64
+        grown = proc.memory_info().rss - before
+    assert grown < arr.nbytes, f"parent RSS grew by {grown / 2**20:.0f} MiB for a 64 MiB array"
+
+
+def test_large_results_come_back_through_shared_memory() -> None:
+    with BatchPoolExecutor(max_workers=1) as ex:
+        result = ex.submit(helpers.make_array, MB64 // 8).result(TIMEOUT)
+    assert result.sum() == MB64 // 8
+    assert not result.flags.owndata and not result.flags.writeable
+    assert not _ours(), "the parent unlinks a result segment once it has mapped it"
+
+
+def test_no_segment_survives_a_worker_killed_mid_batch() -> None:
+    arr = np.ones(MB64 // 8)
+    with BatchPoolExecutor(max_workers=1) as ex:
+        fut = ex.submit(helpers.sleep_and_return, 60, arr)
+        while not fut.running():
+            time.sleep(0.01)
+        pid = next(iter(ex._processes.values())).pid
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(WorkerCrashedError):
+            fut.result(TIMEOUT)
+        assert not _ours()
+    assert not _ours()
+
+
+def test_segments_of_a_killed_parent_are_cleaned_by_the_next_pool() -> None:
+    script = textwrap.dedent(
+        """
+        import os, time, numpy as np
+        from batchpool import BatchPoolExecutor
+        from tests import helpers
+        if __name__ == "__main__":
+            ex = BatchPoolExecutor(max_workers=1)
+            fut = ex.submit(helpers.sleep_and_return, 60, np.ones(2**20))
+            while not fut.running():
+                time.sleep(0.01)
+            print(os.getpid(), flush=True)
+            time.sleep(60)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    try:
+        assert proc.stdout is not None
+        parent = int(proc.stdout.readline())
+        orphans = [n for n in os.listdir(shm.SHM_DIR) if n.startswith(f"bp-{parent}-")]
+        assert orphans, "the child pool should hold a segment while its job runs"
+        proc.kill()
+        proc.wait(TIMEOUT)
+        deadline = time.monotonic() + 10
+        while any(
+            p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in psutil.process_iter() if p.ppid() == parent
+        ):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        with BatchPoolExecutor(max_workers=1) as ex:  # a new pool cleans up on start
+            ex.submit(helpers.add_one, 1).result(TIMEOUT)
+        assert not [n for n in os.listdir(shm.SHM_DIR) if n.startswith(f"bp-{parent}-")]
+    finally:
+        proc.kill()
+        proc.wait(TIMEOUT)
+        if proc.stdout is not None:
+            proc.stdout.close()
