@@ -23,6 +23,7 @@ from .executor import ExecutorView as ExecutorView
 from .jobs import JobInfo as JobInfo
 from .jobs import batched as batched
 from .jobs import job_info as job_info
+from .metrics import Stats as Stats
 from .options import Priority as Priority
 from .retry import CircuitBreaker as CircuitBreaker
 from .retry import CircuitOpenError as CircuitOpenError
@@ -42,10 +43,24 @@ __all__ = [
     "RemoteTraceback",
     "RetryPolicy",
     "ShutdownError",
+    "Stats",
     "TransportError",
     "WorkerCrashedError",
+    "Dashboard",
     "batched",
     "job_info",
+    "progress",
+    "serve_metrics",
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # The dashboard imports rich; workers import this package and must not pay
+    # for it, so these names load on first use.
+    if name in ("Dashboard", "progress", "serve_metrics"):
+        from . import dashboard
+
+        return getattr(dashboard, name)
+    raise AttributeError(f"module 'batchpool' has no attribute {name!r}")

@@ -36,6 +36,7 @@ from .backends.base import Backend, cancel_jobs, fail_jobs
 from .batching import Batcher
 from .errors import QueueFullError, ShutdownError
 from .jobs import BATCHED, BATCHED_BISECT, CALLS, CHUNKS, ChunkResult, Job, is_batched
+from .metrics import Listener, Metrics, Stats
 from .options import DEFAULT_MAX_BATCH_SIZE, DEFAULT_TARGET_BATCH_TIME, JobOptions, Priority, check_timeout, make_config
 from .retry import CircuitBreaker, CircuitOpenError, RetryPolicy
 
@@ -123,6 +124,8 @@ class BatchPoolExecutor(Executor):
             ``"caller_runs"`` (run the job in the calling thread).
         timeout: default per-job time limit in seconds (see ``options``).
         retry: default ``RetryPolicy`` of every job (None: no retries).
+        dashboard: show a live rich dashboard until shutdown (a one-line log
+            a second when the output is not a terminal).
 
     Raises:
         TypeError, ValueError: an argument is invalid (the message names it).
@@ -153,6 +156,7 @@ class BatchPoolExecutor(Executor):
         on_full: str = "block",
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
+        dashboard: bool = False,
     ) -> None:
         if max_pending is not None and (
             isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1
@@ -187,12 +191,20 @@ class BatchPoolExecutor(Executor):
             max_pending=max_pending,
             auto=config.auto_batch_size,
         )
-        self._backend = load_backend(config.backend)(config, self._batcher)
+        self._metrics = Metrics()
+        self._backend = load_backend(config.backend)(config, self._batcher, self._metrics)
+        self._on_shutdown: list[Callable[[], None]] = []
         # Serialises shutdown() calls against each other (never held by submit).
         self._shutdown_lock = threading.Lock()
         _live_backends.add(self._backend)
         finalizer = weakref.finalize(self, _shutdown_unreferenced, self._batcher, self._backend)
         finalizer.atexit = False  # interpreter exit is _python_exit's job
+        if dashboard:
+            from .dashboard import Dashboard
+
+            view = Dashboard(self)
+            view.start()
+            self._on_shutdown.append(view.stop)
 
     # -- submitting ---------------------------------------------------------------
 
@@ -277,6 +289,7 @@ class BatchPoolExecutor(Executor):
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
+        progress: bool = False,
     ) -> Iterator[R]:
         """Like ``map(fn, *iterables)``, run in the pool; results in order.
 
@@ -286,6 +299,8 @@ class BatchPoolExecutor(Executor):
         endless iterable works in constant memory. When ``chunksize`` is left
         at 1 and the input is long, items travel in chunks anyway (results and
         exceptions are still per item): chunks are invisible but much cheaper.
+        With ``progress``, a rich progress bar advances as results are consumed
+        (with a total when the input has a length).
 
         Raises:
             TimeoutError: from the iterator, when the results are not all in
@@ -303,6 +318,13 @@ class BatchPoolExecutor(Executor):
                 raise TypeError(f"buffersize must be an int or None, got {type(buffersize).__name__}")
             if buffersize < 1:
                 raise ValueError("buffersize must be None or > 0")
+        if progress:
+            from .dashboard import track
+
+            lengths = [len(it) for it in iterables if hasattr(it, "__len__")]  # type: ignore[arg-type]
+            total = min(lengths) if len(lengths) == len(iterables) and lengths else None
+            inner = self.map(fn, *iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize)
+            return track(inner, total, getattr(fn, "__name__", "jobs"))
         end_time = None if timeout is None else timeout + time.monotonic()
         zipped = zip(*iterables)  # noqa: B905 - map() stops at the shortest, as builtins.map
         if buffersize is None and self._max_pending is not None:
@@ -356,7 +378,14 @@ class BatchPoolExecutor(Executor):
         deadline = check_timeout("timeout", timeout)
         with self._shutdown_lock:
             cancelled = self._batcher.close(_SHUTDOWN_MESSAGE, cancel=cancel_futures)
+            hooks, self._on_shutdown = self._on_shutdown, []
         cancel_jobs(cancelled)
+        self._metrics.jobs_cancelled(len(cancelled))
+        for hook in hooks:
+            try:
+                hook()
+            except Exception:
+                logger.exception("batchpool: a shutdown hook failed")
         self._backend.begin_shutdown()
         if not wait:
             return
@@ -364,11 +393,60 @@ class BatchPoolExecutor(Executor):
             return
         assert deadline is not None
         logger.warning("shutdown: %s s passed with work unfinished; stopping the workers", deadline)
-        cancel_jobs(self._batcher.close(_SHUTDOWN_MESSAGE, cancel=True))
+        late = self._batcher.close(_SHUTDOWN_MESSAGE, cancel=True)
+        cancel_jobs(late)
+        self._metrics.jobs_cancelled(len(late))
         error = ShutdownError(deadline)
-        fail_jobs(self._batcher.drain(), error)
+        fail_jobs(self._batcher.drain(), error, self._metrics)
         self._backend.abort(error)
         self._backend.join(10.0)
+
+    def stats(self) -> Stats:
+        """A frozen snapshot of this pool's counters, latencies and workers.
+
+        Cheap (O(workers) plus one short lock) and safe from any thread.
+
+        Example:
+            >>> with BatchPoolExecutor(backend="thread") as ex:
+            ...     _ = ex.submit(abs, -1).result(timeout=10)
+            ...     s = ex.stats()
+            >>> s.submitted, s.completed
+            (1, 1)
+        """
+        return self._metrics.snapshot(
+            submitted=self._batcher.submitted,
+            in_flight=self._backend.in_flight(),
+            queued=self._batcher.pending,
+            lanes=self._batcher.depths(),
+            workers=self._backend.worker_states(),
+        )
+
+    def add_listener(
+        self,
+        on_batch_done: Listener | None = None,
+        on_job_failed: Listener | None = None,
+        on_worker_died: Listener | None = None,
+    ) -> None:
+        """Call these on pool events (from a pool thread; keep them quick).
+
+        ``on_batch_done(info)`` gets the batch's ``JobInfo``-like record (id,
+        size, reason, run time); ``on_job_failed(job_id, exc)`` fires for each
+        job that fails for good; ``on_worker_died(pid, exitcode)`` when a
+        worker process dies. A listener that raises is logged and ignored.
+
+        Example:
+            >>> seen = []
+            >>> with BatchPoolExecutor(backend="thread") as ex:
+            ...     ex.add_listener(on_batch_done=lambda info: seen.append(info.size))
+            ...     _ = ex.submit(abs, -1).result(timeout=10)
+            >>> seen
+            [1]
+        """
+        self._metrics.add_listener(on_batch_done, on_job_failed, on_worker_died)
+
+    def _add_shutdown_hook(self, hook: Callable[[], None]) -> None:
+        with self._shutdown_lock:
+            self._on_shutdown.append(hook)
 
     def install_signal_handlers(
         self,

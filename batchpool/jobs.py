@@ -86,11 +86,13 @@ class Batch:
     """A group of jobs cut from one lane and sent to one worker, parent side."""
 
     __slots__ = (
+        "cancelled",
         "done",
         "fn",
         "id",
         "jobs",
         "kind",
+        "mean_submit",
         "reason",
         "record",
         "segments",
@@ -111,6 +113,8 @@ class Batch:
         self.t_dispatch = 0.0
         self.record: _BatchRecord | None = None
         self.segments: list[str] = []  # shared-memory names of its large buffers
+        self.cancelled = 0  # jobs found cancelled when it was claimed
+        self.mean_submit = 0.0
 
     def claim(self) -> bool:
         """Mark the jobs running; drop the ones cancelled meanwhile.
@@ -122,6 +126,7 @@ class Batch:
             if job.started or job.future.set_running_or_notify_cancel():
                 job.started = True
                 kept.append(job)
+        self.cancelled += len(self.jobs) - len(kept)
         self.jobs = kept
         return bool(kept)
 
@@ -129,10 +134,13 @@ class Batch:
         """Stamp the dispatch time and let each job's Future say where it went."""
         self.t_dispatch = time.monotonic()
         record = self.record = _BatchRecord(self)
+        total = 0.0
         for job in self.jobs:
+            total += job.t_submit
             # One small tuple per job, on the Future itself: no registry to
             # clean up, and it lives exactly as long as the user's Future.
             job.future._batchpool_info = (record, job.t_submit)  # type: ignore[attr-defined]
+        self.mean_submit = total / len(self.jobs) if self.jobs else self.t_dispatch
 
     def mark_done(self, run_time: float) -> None:
         """Record the measured run time of the whole batch."""

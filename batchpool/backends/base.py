@@ -16,6 +16,7 @@ from typing import Any
 
 from ..batching import Batcher
 from ..jobs import Job
+from ..metrics import Metrics
 from ..options import PoolConfig
 
 __all__ = ["Backend", "cancel_jobs", "fail_jobs", "logger", "settle_failure"]
@@ -23,25 +24,35 @@ __all__ = ["Backend", "cancel_jobs", "fail_jobs", "logger", "settle_failure"]
 logger = logging.getLogger("batchpool")
 
 
-def fail_jobs(jobs: Iterable[Job], exc: BaseException) -> None:
+def fail_jobs(jobs: Iterable[Job], exc: BaseException, metrics: Metrics | None = None) -> None:
     """Fail each job's Future with ``exc`` (already cancelled ones stay so)."""
+    failed = 0
     for job in jobs:
         try:
             job.future.set_exception(exc)
+            failed += 1
         except InvalidStateError:
             pass  # cancelled or settled meanwhile; checking first would race
+    if metrics is not None:
+        metrics.jobs_failed(failed, exc)
 
 
-def settle_failure(job: Job, exc: BaseException, batcher: Batcher) -> None:
+def settle_failure(job: Job, exc: BaseException, batcher: Batcher, metrics: Metrics) -> None:
     """A run of ``job`` failed with ``exc``: queue a retry if its policy allows, else fail it."""
     policy = job.opts.retry
+    timed_out = isinstance(exc, TimeoutError)
     if policy is not None and policy.should_retry(exc, attempt=job.attempt):
         delay = policy.delay(job.attempt)
         job.attempt += 1
         logger.info("job %s: retry %d in %.3f s after %r", job.id, job.attempt - 1, delay, exc)
+        metrics.job_failed(job.id, exc, final=False, timed_out=timed_out)
         batcher.put_delayed(job, delay)
         return
-    fail_jobs([job], exc)
+    try:
+        job.future.set_exception(exc)
+    except InvalidStateError:
+        return
+    metrics.job_failed(job.id, exc, final=True, timed_out=timed_out)
 
 
 def cancel_jobs(jobs: Iterable[Job]) -> None:
@@ -56,11 +67,13 @@ class Backend(abc.ABC):
     Args:
         config: the pool's validated configuration.
         batcher: where jobs wait; the backend takes batches from it.
+        metrics: where the backend records batches, outcomes and workers.
     """
 
-    def __init__(self, config: PoolConfig, batcher: Batcher) -> None:
+    def __init__(self, config: PoolConfig, batcher: Batcher, metrics: Metrics) -> None:
         self.config = config
         self.batcher = batcher
+        self.metrics = metrics
 
     @abc.abstractmethod
     def notify(self) -> None:
@@ -82,6 +95,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def broken(self) -> BaseException | None:
         """The error every new submit gets once the pool cannot run work at all."""
+
+    @abc.abstractmethod
+    def in_flight(self) -> int:
+        """Jobs dispatched to workers and not settled yet."""
+
+    @abc.abstractmethod
+    def worker_states(self) -> list[tuple[int, int, str, int, bool]]:
+        """(id, pid, state, jobs done, is a process) for each live worker."""
 
     @abc.abstractmethod
     def compat_workers(self) -> dict[Any, Any]:

@@ -42,6 +42,7 @@ from .. import serialization
 from ..batching import Batcher
 from ..errors import TransportError, WorkerCrashedError, describe_exit
 from ..jobs import Batch
+from ..metrics import Metrics
 from ..options import OOB_THRESHOLD, PoolConfig
 from ..transport import PipeTransport, shm
 from ..transport.base import Channel
@@ -74,7 +75,7 @@ _pool_ids = itertools.count()
 class _Worker:
     """The parent's record of one worker process."""
 
-    __slots__ = ("channel", "id", "inflight", "killed", "pid", "process", "sent", "timed", "writing")
+    __slots__ = ("channel", "done", "id", "inflight", "killed", "pid", "process", "sent", "timed", "writing")
 
     def __init__(self, process: Any, channel: Channel) -> None:
         self.id = next(_worker_ids)
@@ -83,6 +84,7 @@ class _Worker:
         self.channel = channel
         self.inflight: dict[int, Batch] = {}
         self.sent = 0  # jobs sent, against max_tasks_per_child
+        self.done = 0  # jobs finished
         self.writing = False  # registered for writability
         self.timed: int | None = None  # id of the batch with a timeout it runs, if any
         self.killed = ""  # why we killed it, if we did
@@ -91,8 +93,8 @@ class _Worker:
 class ProcessBackend(Backend):
     """Runs batches on up to ``max_workers`` worker processes."""
 
-    def __init__(self, config: PoolConfig, batcher: Batcher) -> None:
-        super().__init__(config, batcher)
+    def __init__(self, config: PoolConfig, batcher: Batcher, metrics: Metrics) -> None:
+        super().__init__(config, batcher, metrics)
         assert config.mp_context is not None  # filled in by make_config
         self._ctx = config.mp_context
         self._transport = PipeTransport(self._ctx)
@@ -206,6 +208,16 @@ class ProcessBackend(Backend):
     def compat_workers(self) -> dict[Any, Any]:
         return {w.pid: w.process for w in list(self._workers.values())}
 
+    def in_flight(self) -> int:
+        return sum(len(b.jobs) - b.done for w in list(self._workers.values()) for b in list(w.inflight.values()))
+
+    def worker_states(self) -> list[tuple[int, int, str, int, bool]]:
+        states = []
+        for w in list(self._workers.values()):
+            state = "dead" if w.killed else ("busy" if w.inflight else ("idle" if w.done else "starting"))
+            states.append((w.id, w.pid, state, w.done, True))
+        return states
+
     # -- the manager thread -------------------------------------------------------
 
     def _run(self) -> None:
@@ -275,7 +287,9 @@ class ProcessBackend(Backend):
             logger.warning("worker pid %s killed: %s", worker.pid, worker.killed)
             worker.process.kill()
             for job in batch.jobs[batch.done :]:
-                settle_failure(job, TimeoutError(f"job ran longer than its timeout of {timeout} s"), self.batcher)
+                settle_failure(
+                    job, TimeoutError(f"job ran longer than its timeout of {timeout} s"), self.batcher, self.metrics
+                )
 
     def _finished(self) -> bool:
         return (
@@ -316,7 +330,9 @@ class ProcessBackend(Backend):
                 )
                 if taken is None:
                     break
-                if not taken.claim():
+                claimed = taken.claim()
+                self.metrics.jobs_cancelled(taken.cancelled)
+                if not claimed:
                     continue
                 batch = taken
             self._send(worker, batch)
@@ -346,13 +362,13 @@ class ProcessBackend(Backend):
         try:
             fn_blob = serialization.dumps_callable(batch.fn)
         except Exception as exc:  # noqa: BLE001 - the callable fails every job of its batch
-            fail_jobs(batch.jobs, exc)
+            fail_jobs(batch.jobs, exc, self.metrics)
             return
         threshold = OOB_THRESHOLD if self._segments is not None else None
         calls_blob, bad, big = serialization.dumps_each([(j.args, j.kwargs) for j in batch.jobs], threshold)
         if bad:
             for i, error in bad.items():
-                fail_jobs([batch.jobs[i]], error)
+                fail_jobs([batch.jobs[i]], error, self.metrics)
             batch.jobs = [j for i, j in enumerate(batch.jobs) if i not in bad]
             if not batch.jobs:
                 return
@@ -362,12 +378,13 @@ class ProcessBackend(Backend):
                 batch.segments = [self._segments.put(buf) for buf in big]
             except OSError as exc:  # /dev/shm full: fail this batch, keep the pool
                 shm.unlink_all(batch.segments)
-                fail_jobs(batch.jobs, exc)
+                fail_jobs(batch.jobs, exc, self.metrics)
                 return
         sizes = [buf.nbytes for buf in big]
         calls_blob = serialization.frame_oob(calls_blob, list(zip(batch.segments, sizes, strict=True)))
         batch.worker = worker
         batch.mark_dispatched()
+        self.metrics.batch_sent(len(batch.jobs), batch.reason, batch.t_dispatch - batch.mean_submit)
         worker.inflight[batch.id] = batch
         worker.sent += len(batch.jobs)
         timeout = batch.jobs[0].opts.timeout
@@ -469,18 +486,21 @@ class ProcessBackend(Backend):
         except BaseException as exc:  # noqa: BLE001 - SystemExit from a __reduce__ included
             error = TransportError(f"the result could not be unpickled in the parent: {exc!r}")
             error.__cause__ = exc
-            fail_jobs(jobs, error)
+            fail_jobs(jobs, error, self.metrics)
         else:
             if errors:
                 for i, error in errors.items():
-                    settle_failure(jobs[i], error, self.batcher)
+                    settle_failure(jobs[i], error, self.batcher, self.metrics)
+            ok = 0
             for i, (job, value) in enumerate(zip(jobs, values, strict=True)):
                 if errors and i in errors:
                     continue
                 try:
                     job.future.set_result(value)
+                    ok += 1
                 except InvalidStateError:
                     pass
+            self.metrics.results(ok)
         batch.done = start + count
         if final:
             del worker.inflight[batch_id]
@@ -489,6 +509,8 @@ class ProcessBackend(Backend):
                 worker.timed = None
             batch.mark_done(run_time)
             self.batcher.record(batch.timing_key, len(batch.jobs), run_time)
+            self.metrics.batch_done(len(batch.jobs), run_time, time.monotonic() - batch.mean_submit, batch.record)
+            worker.done += len(batch.jobs)
 
     def _on_undecodable(self, batch: Batch, wrapped: BaseException, fn_failed: bool) -> None:
         jobs = batch.jobs
@@ -496,7 +518,7 @@ class ProcessBackend(Backend):
             what = "callable" if fn_failed else "call"
             error = TransportError(f"the {what} could not be unpickled in the worker: {wrapped!r}")
             error.__cause__ = wrapped
-            fail_jobs(jobs, error)
+            fail_jobs(jobs, error, self.metrics)
             return
         # Some call of this batch does not unpickle over there; send each job
         # on its own so that only the guilty one fails.
@@ -525,6 +547,7 @@ class ProcessBackend(Backend):
         if worker.killed:
             return  # we killed it (a timeout); its job is settled already
         if batches or exitcode not in (0, None):
+            self.metrics.worker_died(worker.pid, exitcode)
             logger.warning(
                 "worker pid %s %s with %d batches unfinished",
                 worker.pid,
@@ -546,7 +569,7 @@ class ProcessBackend(Backend):
                 self._resend.append(Batch(jobs[:half], batch.reason, batch.timing_key))
                 self._resend.append(Batch(jobs[half:], batch.reason, batch.timing_key))
             elif jobs:
-                settle_failure(jobs[0], error, self.batcher)
+                settle_failure(jobs[0], error, self.batcher, self.metrics)
 
     def _fail_everything(self, error: BaseException) -> None:
         self.batcher.close(str(error), error=type(error))
@@ -559,7 +582,7 @@ class ProcessBackend(Backend):
         for batch in self._resend:
             jobs.extend(batch.jobs)
         self._resend.clear()
-        fail_jobs(jobs, error)
+        fail_jobs(jobs, error, self.metrics)
 
     def _stop_workers(self) -> None:
         workers = list(self._workers.values())

@@ -16,6 +16,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import threading
 import time
 from concurrent.futures import InvalidStateError
@@ -24,6 +25,7 @@ from typing import Any
 
 from ..batching import Batcher
 from ..jobs import BATCHED_BISECT, CHUNKS, Batch, Job
+from ..metrics import Metrics
 from ..options import PoolConfig
 from ..worker import run_batched, run_chunk
 from .base import Backend, fail_jobs, logger, settle_failure
@@ -40,8 +42,8 @@ def _identity(exc: BaseException) -> BaseException:
 class ThreadBackend(Backend):
     """Runs batches on up to ``max_workers`` threads of this process."""
 
-    def __init__(self, config: PoolConfig, batcher: Batcher) -> None:
-        super().__init__(config, batcher)
+    def __init__(self, config: PoolConfig, batcher: Batcher, metrics: Metrics) -> None:
+        super().__init__(config, batcher, metrics)
         self._prefix = config.thread_name_prefix or f"BatchPoolExecutor-{next(_pool_numbers)}"
         self._threads: list[threading.Thread] = []
         self._abandoned: set[threading.Thread] = set()
@@ -58,6 +60,7 @@ class ThreadBackend(Backend):
         self._watchdog: threading.Thread | None = None
         # Jobs running now, so that abort() can fail them.
         self._running: dict[int, Job] = {}
+        self._busy: set[threading.Thread] = set()
 
     def notify(self) -> None:
         if self.batcher.waiters or self._live() >= self.config.max_workers:
@@ -101,23 +104,30 @@ class ThreadBackend(Backend):
             del batch
 
     def _run(self, batch: Batch) -> None:
-        if not batch.claim():
+        claimed = batch.claim()
+        self.metrics.jobs_cancelled(batch.cancelled)
+        if not claimed:
             return
         batch.mark_dispatched()
+        self.metrics.batch_sent(len(batch.jobs), batch.reason, batch.t_dispatch - batch.mean_submit)
+        self._busy.add(threading.current_thread())
         t0 = time.perf_counter()
         if batch.kind > CHUNKS:
             self._run_batched(batch)
         else:
             self._run_calls(batch)
         run_time = time.perf_counter() - t0
+        self._busy.discard(threading.current_thread())
         batch.mark_done(run_time)
         self.batcher.record(batch.timing_key, len(batch.jobs), run_time)
+        self.metrics.batch_done(len(batch.jobs), run_time, time.monotonic() - batch.mean_submit, batch.record)
 
     def _run_calls(self, batch: Batch) -> None:
         fn = batch.fn
         chunks = batch.kind == CHUNKS
         running = self._running
         job = None
+        ok = 0
         for job in batch.jobs:
             if threading.current_thread() in self._abandoned:
                 # Our thread was given up on (a timeout): the rest of the batch
@@ -138,13 +148,15 @@ class ThreadBackend(Backend):
                     result = fn(*job.args)
             except BaseException as exc:  # noqa: BLE001 - the job's own outcome
                 if self._finish(job, timeout):
-                    settle_failure(job, exc, self.batcher)
+                    settle_failure(job, exc, self.batcher, self.metrics)
             else:
                 if self._finish(job, timeout):
                     try:
                         job.future.set_result(result)
+                        ok += 1
                     except InvalidStateError:
                         pass  # failed by abort() meanwhile
+        self.metrics.results(ok)
         # A raised exception's traceback holds this frame; clearing the locals
         # breaks the cycle exception -> frame -> job -> future -> exception.
         del job, fn, batch
@@ -165,9 +177,10 @@ class ThreadBackend(Backend):
             if self._running.pop(job.id, None) is None:
                 continue
             if i in out.errors:
-                settle_failure(job, out.errors[i], self.batcher)
+                settle_failure(job, out.errors[i], self.batcher, self.metrics)
             else:
                 job.future.set_result(out.values[i])
+                self.metrics.results(1)
 
     # -- timeouts --------------------------------------------------------------------
 
@@ -212,7 +225,7 @@ class ThreadBackend(Backend):
         logger.warning("job %s ran over its %.3g s timeout; its thread %s is abandoned", job_id, timeout, thread.name)
         with self._lock:
             self._abandoned.add(thread)
-        settle_failure(job, TimeoutError(f"job ran longer than its timeout of {timeout} s"), self.batcher)
+        settle_failure(job, TimeoutError(f"job ran longer than its timeout of {timeout} s"), self.batcher, self.metrics)
         self._spawn()  # the replacement
         self.batcher.wake_all()
 
@@ -222,7 +235,7 @@ class ThreadBackend(Backend):
         error = BrokenThreadPool("A thread initializer failed, the thread pool is not usable anymore")
         self._broken = error
         self.batcher.close(str(error), error=BrokenThreadPool)
-        fail_jobs(self.batcher.drain(), error)
+        fail_jobs(self.batcher.drain(), error, self.metrics)
         self.batcher.wake_all()
 
     def begin_shutdown(self) -> None:
@@ -233,11 +246,11 @@ class ThreadBackend(Backend):
     def abort(self, error: BaseException) -> None:
         self._aborted = error
         self.batcher.close(str(error))
-        fail_jobs(self.batcher.drain(), error)
+        fail_jobs(self.batcher.drain(), error, self.metrics)
         jobs = list(self._running.values())
         self._running.clear()
         self._timed.clear()
-        fail_jobs(jobs, error)
+        fail_jobs(jobs, error, self.metrics)
         self.batcher.wake_all()
         with self._lock:
             self._deadlines.clear()
@@ -265,3 +278,15 @@ class ThreadBackend(Backend):
 
     def compat_workers(self) -> dict[Any, Any]:
         return {t.ident: t for t in self._threads if t not in self._abandoned}
+
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    def worker_states(self) -> list[tuple[int, int, str, int, bool]]:
+        pid = os.getpid()
+        busy = self._busy
+        return [
+            (i, pid, "busy" if t in busy else "idle", 0, False)
+            for i, t in enumerate(list(self._threads))
+            if t.is_alive() and t not in self._abandoned
+        ]

@@ -145,6 +145,7 @@ class Batcher:
         self._seq = itertools.count()
         self._estimates: OrderedDict[Hashable, float] = OrderedDict()
         self._pending = 0  # queued jobs, delayed ones included
+        self.submitted = 0  # jobs ever accepted by put()
         self._waiters = 0  # threads blocked in take_wait(); read without the lock
         self._space_waiters = 0
         self._closed = False  # no more put(); every lane flushes at once
@@ -195,6 +196,7 @@ class Batcher:
                 if self._closed:
                     raise self._closed_error(self._closed_reason)
             self._queue_locked(key, job)
+            self.submitted += 1
             return True
 
     def put_delayed(self, job: Job, delay: float) -> None:
@@ -228,10 +230,16 @@ class Batcher:
         """Worker threads blocked in ``take_wait`` (idle), for spawn decisions."""
         return self._waiters
 
-    def depths(self) -> dict[tuple[Any, ...], int]:
-        """Jobs waiting per lane key (a snapshot)."""
+    def depths(self) -> dict[str, int]:
+        """Jobs waiting per lane, labelled 'PRIORITY/key' (a snapshot)."""
         with self._lock:
-            return {key: len(lane.jobs) for key, lane in self._lanes.items() if lane.jobs}
+            lanes = [(key, len(lane.jobs)) for key, lane in self._lanes.items() if lane.jobs]
+        depths: dict[str, int] = {}
+        for key, depth in lanes:
+            name = key[2] if isinstance(key[2], str) else getattr(key[2], "__qualname__", None) or repr(key[2])
+            label = f"{Priority(key[0]).name}/{name}"
+            depths[label] = depths.get(label, 0) + depth
+        return depths
 
     # -- worker side ---------------------------------------------------------
 

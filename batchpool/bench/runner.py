@@ -71,6 +71,21 @@ class _PoolAdapter:
         self.pool.join()
 
 
+def _with_dashboard(workers: int) -> Any:
+    """A process pool with the live dashboard on, rendering into a terminal sink."""
+    import io
+
+    from rich.console import Console
+
+    from ..dashboard import Dashboard
+
+    ex = BatchPoolExecutor(workers)
+    view = Dashboard(ex, console=Console(file=io.StringIO(), force_terminal=True, width=120))
+    view.start()
+    ex._add_shutdown_hook(view.stop)
+    return ex
+
+
 def _loky(workers: int) -> Any:
     from loky import get_reusable_executor  # type: ignore[import-not-found]
 
@@ -81,6 +96,7 @@ EXECUTORS: dict[str, tuple[Callable[[int], Any], str | None]] = {
     # name: (factory, module that must be importable, if any)
     "batchpool-process": (lambda n: BatchPoolExecutor(n), None),
     "batchpool-thread": (lambda n: BatchPoolExecutor(n, backend="thread"), None),
+    "batchpool+dashboard": (_with_dashboard, None),
     "ThreadPoolExecutor": (lambda n: ThreadPoolExecutor(n), None),
     "ProcessPoolExecutor": (lambda n: ProcessPoolExecutor(n), None),
     "multiprocessing.Pool": (lambda n: _PoolAdapter(n), None),
@@ -247,6 +263,10 @@ WORKLOADS: dict[str, tuple[Callable[[Any, str, Sizes], tuple[float, dict[str, fl
 }
 # Where a workload does not apply to an executor, and why.
 _NOT_APPLICABLE = {
+    **{
+        (workload, "batchpool+dashboard"): "the dashboard's cost is measured on submit and map"
+        for workload in ("cpu", "numpy", "batched", "latency")
+    },
     ("latency", "multiprocessing.Pool"): "no way to submit to it under a flood with a timeout",
     ("numpy", "multiprocessing.Pool"): "covered by ProcessPoolExecutor (same transport)",
 }

@@ -21,10 +21,14 @@ PUBLIC = [
     "RemoteTraceback",
     "RetryPolicy",
     "ShutdownError",
+    "Stats",
     "TransportError",
     "WorkerCrashedError",
+    "Dashboard",
     "batched",
     "job_info",
+    "progress",
+    "serve_metrics",
 ]
 
 
