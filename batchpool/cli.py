@@ -30,7 +30,7 @@ def _time_submit(make: Callable[[], Executor], jobs: int) -> float:
         return time.perf_counter() - start
 
 
-def demo(jobs: int, workers: int, baseline_fraction: float = 0.1) -> None:
+def compare(jobs: int, workers: int, baseline_fraction: float = 0.1) -> None:
     """Submit ``jobs`` tiny jobs one by one to each pool and print the rates."""
     pools: list[tuple[str, Callable[[], Executor], int]] = [
         ("BatchPoolExecutor(process)", lambda: BatchPoolExecutor(workers), jobs),
@@ -51,6 +51,20 @@ def demo(jobs: int, workers: int, baseline_fraction: float = 0.1) -> None:
         f"BatchPoolExecutor(process) is {base / rates['ProcessPoolExecutor']:.1f}x ProcessPoolExecutor"
         f" and {base / rates['ThreadPoolExecutor']:.1f}x ThreadPoolExecutor"
     )
+
+
+def demo(seconds: float, workers: int) -> int:
+    """Run the demo workload with the dashboard, then print a summary."""
+    from .bench.demo import run
+
+    stats = run(seconds, workers)
+    print(
+        f"\n{seconds:g} s: {stats['completed']:,} jobs done, {stats['failed']:,} failed, "
+        f"{stats['retried']:,} retries, {stats['worker_restarts']} workers replaced, "
+        f"{stats['throughput_total']:,.0f} jobs/s on average, "
+        f"p99 end to end {stats['end_to_end']['p99'] * 1000:.1f} ms"
+    )
+    return 0
 
 
 def _format(value: float, unit: str) -> str:
@@ -168,10 +182,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``batchpool`` console script."""
     parser = argparse.ArgumentParser(prog="batchpool", description="batchpool: a micro-batching executor")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo_parser = commands.add_parser("demo", help="show batching at work against the stdlib pools")
-    demo_parser.add_argument("--jobs", type=int, default=200_000)
+    demo_parser = commands.add_parser("demo", help="a mixed workload with the live dashboard")
+    demo_parser.add_argument("--seconds", type=float, default=15.0)
     demo_parser.add_argument("--workers", type=int, default=2)
-    demo_parser.add_argument(
+    compare_parser = commands.add_parser("compare", help="tiny jobs, one submit each, against the stdlib pools")
+    compare_parser.add_argument("--jobs", type=int, default=200_000)
+    compare_parser.add_argument("--workers", type=int, default=2)
+    compare_parser.add_argument(
         "--baseline-fraction",
         type=float,
         default=0.1,
@@ -188,7 +205,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bench_parser.add_argument("--inputs", metavar="MODULE:ITERABLE", help="inputs for --fn (default: range(10000))")
     args = parser.parse_args(argv)
     if args.command == "demo":
-        demo(args.jobs, args.workers, args.baseline_fraction)
+        return demo(args.seconds, args.workers)
+    if args.command == "compare":
+        compare(args.jobs, args.workers, args.baseline_fraction)
         return 0
     if args.fn:
         return bench_fn(args)

@@ -27,7 +27,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 from typing_extensions import ParamSpec
 
@@ -491,7 +491,7 @@ class BatchPoolExecutor(Executor):
         priority: Priority | int | None = None,
         key: Hashable | None = None,
         timeout: float | None = None,
-        retry: RetryPolicy | None = None,
+        retry: RetryPolicy | Literal[False] | None = None,
     ) -> ExecutorView:
         """A light view of this pool whose ``submit``/``map`` apply these options.
 
@@ -506,7 +506,8 @@ class BatchPoolExecutor(Executor):
             timeout: seconds each job may run; past that its Future fails with
                 ``TimeoutError`` and its worker process is replaced (the thread
                 backend abandons the thread and starts another).
-            retry: a ``RetryPolicy`` for these jobs.
+            retry: a ``RetryPolicy`` for these jobs, or False for none (None
+                keeps the pool's default).
 
         Example:
             >>> with BatchPoolExecutor(backend="thread") as ex:
@@ -520,8 +521,8 @@ class BatchPoolExecutor(Executor):
                 priority = Priority(priority)
             except ValueError:
                 raise ValueError(f"priority must be a batchpool.Priority, got {priority!r}") from None
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a batchpool.RetryPolicy or None, got {type(retry).__name__}")
+        if retry is not None and retry is not False and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a batchpool.RetryPolicy, False or None, got {type(retry).__name__}")
         if key is not None:
             try:
                 hash(key)
@@ -531,7 +532,7 @@ class BatchPoolExecutor(Executor):
             priority=base.priority if priority is None else Priority(priority),
             key=base.key if key is None else key,
             timeout=base.timeout if timeout is None else check_timeout("timeout", timeout),
-            retry=base.retry if retry is None else retry,
+            retry=base.retry if retry is None else (retry or None),
         )
         return ExecutorView(self, opts)
 

@@ -44,7 +44,13 @@ def test_bench_rejects_an_unknown_workload() -> None:
     assert result.returncode != 0 and "unknown workload" in result.stderr
 
 
-def test_demo_runs() -> None:
-    result = _run("demo", "--jobs", "2000")
+def test_demo_runs_with_the_dashboard() -> None:
+    result = _run("demo", "--seconds", "2")
+    assert result.returncode == 0, result.stderr
+    assert "jobs done" in result.stdout and "workers replaced" in result.stdout
+
+
+def test_compare_runs() -> None:
+    result = _run("compare", "--jobs", "2000")
     assert result.returncode == 0, result.stderr
     assert "x ProcessPoolExecutor" in result.stdout
