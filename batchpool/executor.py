@@ -122,6 +122,8 @@ class BatchPoolExecutor(Executor):
         on_full: what ``submit`` does when ``max_pending`` jobs are queued:
             ``"block"`` (wait for room), ``"raise"`` (``QueueFullError``) or
             ``"caller_runs"`` (run the job in the calling thread).
+        block_timeout: with ``on_full="block"``, seconds a submit may wait
+            for room before it raises ``QueueFullError`` (None: no limit).
         timeout: default per-job time limit in seconds (see ``options``).
         retry: default ``RetryPolicy`` of every job (None: no retries).
         dashboard: show a live rich dashboard until shutdown (a one-line log
@@ -154,6 +156,7 @@ class BatchPoolExecutor(Executor):
         target_batch_time: float = DEFAULT_TARGET_BATCH_TIME,
         max_pending: int | None = None,
         on_full: str = "block",
+        block_timeout: float | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         dashboard: bool = False,
@@ -169,6 +172,7 @@ class BatchPoolExecutor(Executor):
         self._default_opts = JobOptions(timeout=check_timeout("timeout", timeout), retry=retry)
         self._on_full = on_full
         self._max_pending = max_pending
+        self._block_timeout = check_timeout("block_timeout", block_timeout)
         self._breakers: dict[Hashable, CircuitBreaker] = {}
         config = make_config(
             max_workers=max_workers,
@@ -230,7 +234,6 @@ class BatchPoolExecutor(Executor):
         kwargs: Any,
         kind: int,
         opts: JobOptions | None = None,
-        block_timeout: float | None = None,
     ) -> Future[Any]:
         if not callable(fn):
             raise TypeError(f"fn must be a callable, got {type(fn).__name__}")
@@ -252,8 +255,8 @@ class BatchPoolExecutor(Executor):
         job = Job(fn, args, kwargs, future, kind, opts)
         if self._breakers and not self._admit(job):
             return future
-        if not self._batcher.put(job, block=self._on_full == "block", timeout=block_timeout):
-            return self._on_queue_full(job, block_timeout)
+        if not self._batcher.put(job, block=self._on_full == "block", timeout=self._block_timeout):
+            return self._on_queue_full(job)
         self._backend.notify()
         return future
 
@@ -272,15 +275,13 @@ class BatchPoolExecutor(Executor):
         job.future.add_done_callback(_BreakerFeed(breaker))
         return True
 
-    def _on_queue_full(self, job: Job, block_timeout: float | None) -> Future[Any]:
+    def _on_queue_full(self, job: Job) -> Future[Any]:
         assert self._max_pending is not None
         if self._on_full == "caller_runs":
             if job.future.set_running_or_notify_cancel():
                 _run_here(job)
             return job.future
-        if self._on_full == "block":
-            raise QueueFullError(self._max_pending)  # the block timed out
-        raise QueueFullError(self._max_pending)
+        raise QueueFullError(self._max_pending)  # on_full="raise", or a block that timed out
 
     def map(
         self,
@@ -307,6 +308,18 @@ class BatchPoolExecutor(Executor):
                 ``timeout`` seconds after the call.
             Exception: from the iterator, what ``fn`` raised for an item.
         """
+        return self._map(fn, iterables, timeout, chunksize, buffersize, progress, None)
+
+    def _map(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int,
+        buffersize: int | None,
+        progress: bool,
+        opts: JobOptions | None,
+    ) -> Iterator[Any]:
         if not callable(fn):
             raise TypeError(f"fn must be a callable, got {type(fn).__name__}")
         if isinstance(chunksize, bool) or not isinstance(chunksize, int):
@@ -323,7 +336,7 @@ class BatchPoolExecutor(Executor):
 
             lengths = [len(it) for it in iterables if hasattr(it, "__len__")]  # type: ignore[arg-type]
             total = min(lengths) if len(lengths) == len(iterables) and lengths else None
-            inner = self.map(fn, *iterables, timeout=timeout, chunksize=chunksize, buffersize=buffersize)
+            inner = self._map(fn, iterables, timeout, chunksize, buffersize, False, opts)
             return track(inner, total, getattr(fn, "__name__", "jobs"))
         end_time = None if timeout is None else timeout + time.monotonic()
         zipped = zip(*iterables)  # noqa: B905 - map() stops at the shortest, as builtins.map
@@ -332,14 +345,17 @@ class BatchPoolExecutor(Executor):
             buffersize = max(1, self._max_pending // max(1, chunksize) // 2)
         if buffersize is None:
             items = list(zipped)
-            size = chunksize if chunksize > 1 else self._auto_chunksize(len(items))
+            effective = self._default_opts if opts is None else opts
+            # Timeouts and retries are per job: items that need them travel one per job.
+            per_item = effective.timeout is not None or effective.retry is not None
+            size = chunksize if chunksize > 1 or per_item else self._auto_chunksize(len(items))
             groups: Iterator[Any] = _chunked(items, size) if size > 1 else iter(items)
-            fs = deque(self._submit_group(fn, group, size > 1) for group in groups)
+            fs = deque(self._submit_group(fn, group, size > 1, opts) for group in groups)
             return _map_results(fs, end_time, size > 1, None)
         groups = _chunked(zipped, chunksize) if chunksize > 1 else zipped
         first = itertools.islice(groups, buffersize)
-        fs = deque(self._submit_group(fn, group, chunksize > 1) for group in first)
-        refill = _Refill(weakref.ref(self), fn, groups, chunksize > 1)
+        fs = deque(self._submit_group(fn, group, chunksize > 1, opts) for group in first)
+        refill = _Refill(weakref.ref(self), fn, groups, chunksize > 1, opts)
         return _map_results(fs, end_time, chunksize > 1, refill)
 
     def _submit_group(
@@ -681,20 +697,10 @@ class ExecutorView:
         timeout: float | None = None,
         chunksize: int = 1,
         buffersize: int | None = None,
+        progress: bool = False,
     ) -> Iterator[R]:
-        """``BatchPoolExecutor.map`` with this view's options (items are not chunked)."""
-        if not callable(fn):
-            raise TypeError(f"fn must be a callable, got {type(fn).__name__}")
-        end_time = None if timeout is None else timeout + time.monotonic()
-        zipped = zip(*iterables)  # noqa: B905 - map() stops at the shortest, as builtins.map
-        ex = self._executor
-        if buffersize is None:
-            fs = deque(ex._submit(fn, args, None, CALLS, self.opts) for args in zipped)
-            return _map_results(fs, end_time, False, None)
-        first = itertools.islice(zipped, buffersize)
-        fs = deque(ex._submit(fn, args, None, CALLS, self.opts) for args in first)
-        refill = _Refill(weakref.ref(ex), fn, zipped, False, self.opts)
-        return _map_results(fs, end_time, False, refill)
+        """``BatchPoolExecutor.map`` with this view's options."""
+        return self._executor._map(fn, iterables, timeout, chunksize, buffersize, progress, self.opts)
 
 
 class _BreakerFeed:

@@ -7,6 +7,7 @@ min and max as the spread. The CLI renders what ``run`` returns.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import multiprocessing
 import os
@@ -52,6 +53,18 @@ class Result:
 # -- executors -------------------------------------------------------------------
 
 
+class _AsyncResult:
+    """An ApplyResult seen as a Future (``result`` only); no reference cycle."""
+
+    __slots__ = ("_inner",)
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def result(self, timeout: float | None = None) -> Any:
+        return self._inner.get(timeout)
+
+
 class _PoolAdapter:
     """multiprocessing.Pool behind the two calls the workloads use."""
 
@@ -59,9 +72,7 @@ class _PoolAdapter:
         self.pool = multiprocessing.get_context().Pool(workers)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        result = self.pool.apply_async(fn, args)
-        result.result = lambda timeout=None: result.get(timeout)  # type: ignore[attr-defined]
-        return result
+        return _AsyncResult(self.pool.apply_async(fn, args))
 
     def map(self, fn: Callable[..., Any], items: Any, chunksize: int = 1) -> Any:
         return self.pool.map(fn, items, chunksize=max(chunksize, 1000))
@@ -86,6 +97,39 @@ def _with_dashboard(workers: int) -> Any:
     return ex
 
 
+class _MapOnly:
+    """Pools that only map (joblib, mpire): submit-style workloads do not apply."""
+
+    def __init__(self, run_map: Callable[[Callable[..., Any], Any], list[Any]], close: Callable[[], None]) -> None:
+        self._run_map = run_map
+        self._close = close
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
+        value = self._run_map(fn, [args[0]])[0]
+        done: Any = type("Done", (), {"result": lambda self, timeout=None: value})()
+        return done
+
+    def map(self, fn: Callable[..., Any], items: Any, chunksize: int = 1) -> Any:
+        return self._run_map(fn, list(items))
+
+    def shutdown(self) -> None:
+        self._close()
+
+
+def _joblib(workers: int) -> Any:
+    from joblib import Parallel, delayed  # type: ignore[import-not-found]
+
+    parallel = Parallel(n_jobs=workers, batch_size="auto")
+    return _MapOnly(lambda fn, items: list(parallel(delayed(fn)(x) for x in items)), lambda: None)
+
+
+def _mpire(workers: int) -> Any:
+    from mpire import WorkerPool  # type: ignore[import-not-found]
+
+    pool = WorkerPool(n_jobs=workers)
+    return _MapOnly(lambda fn, items: pool.map(fn, items), pool.terminate)
+
+
 def _loky(workers: int) -> Any:
     from loky import get_reusable_executor  # type: ignore[import-not-found]
 
@@ -101,6 +145,8 @@ EXECUTORS: dict[str, tuple[Callable[[int], Any], str | None]] = {
     "ProcessPoolExecutor": (lambda n: ProcessPoolExecutor(n), None),
     "multiprocessing.Pool": (lambda n: _PoolAdapter(n), None),
     "loky": (_loky, "loky"),
+    "joblib": (_joblib, "joblib"),
+    "mpire": (_mpire, "mpire"),
 }
 BASELINES = ("ThreadPoolExecutor", "ProcessPoolExecutor", "multiprocessing.Pool")
 
@@ -145,6 +191,7 @@ class Sizes:
 FULL = Sizes(200_000, 200_000, 1_000_000, 32, 200_000, 32, 20_000, 5.0)
 QUICK = Sizes(20_000, 4_000, 100_000, 8, 100_000, 8, 4_000, 1.5)
 _SLOW_SUBMIT = ("ProcessPoolExecutor", "multiprocessing.Pool", "loky")
+_CHUNKED_MAP = ("ProcessPoolExecutor", "multiprocessing.Pool", "loky")
 
 
 def _submit(ex: Any, name: str, sizes: Sizes) -> tuple[float, dict[str, float]]:
@@ -157,7 +204,7 @@ def _submit(ex: Any, name: str, sizes: Sizes) -> tuple[float, dict[str, float]]:
 
 
 def _map(ex: Any, name: str, sizes: Sizes) -> tuple[float, dict[str, float]]:
-    chunksize = 1000 if name in ("ProcessPoolExecutor", "multiprocessing.Pool", "loky") else 1
+    chunksize = 1000 if name in _CHUNKED_MAP else 1
     start = time.perf_counter()
     total = sum(ex.map(w.tiny, range(sizes.map), chunksize=chunksize))
     seconds = time.perf_counter() - start
@@ -264,6 +311,11 @@ WORKLOADS: dict[str, tuple[Callable[[Any, str, Sizes], tuple[float, dict[str, fl
 # Where a workload does not apply to an executor, and why.
 _NOT_APPLICABLE = {
     **{
+        (workload, pool): "it has no submit(); compared on map only"
+        for workload in ("submit", "cpu", "numpy", "batched", "latency")
+        for pool in ("joblib", "mpire")
+    },
+    **{
         (workload, "batchpool+dashboard"): "the dashboard's cost is measured on submit and map"
         for workload in ("cpu", "numpy", "batched", "latency")
     },
@@ -298,6 +350,9 @@ def run(
                 if result.skipped:
                     continue
                 progress(f"{workload} on {executor} ({rep + 1}/{repeat})")
+                # Garbage left by the previous run is collected now, not on
+                # the next run's clock.
+                gc.collect()
                 with _executor(executor, workers) as ex:
                     value, extra = fn(ex, executor, sizes)
                 result.samples.append(value)

@@ -254,3 +254,14 @@ def test_sigterm_drains_a_service_and_exits_zero(tmp_path: Path) -> None:
         proc.wait(TIMEOUT)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_shutdown_while_workers_are_crashing_does_not_hang() -> None:
+    ex = BatchPoolExecutor(max_workers=2)
+    crashing = [ex.submit(helpers.exit_now, 1) for _ in range(6)]
+    fine = [ex.submit(helpers.add_one, i) for i in range(50)]
+    ex.shutdown(wait=True)  # bounded by the test's timeout
+    for f in crashing:
+        with pytest.raises(WorkerCrashedError):
+            f.result(0)
+    assert [f.result(0) for f in fine] == list(range(1, 51))

@@ -139,13 +139,14 @@ def test_a_batch_holds_one_callable() -> None:
             st.tuples(st.just("put"), st.sampled_from([abs, str, repr])),
             st.tuples(st.just("take"), st.integers(1, 5)),
             st.tuples(st.just("tick"), st.floats(0, 1)),
+            st.tuples(st.just("cancel"), st.integers(0, 1000)),
         ),
         max_size=80,
     ),
     st.integers(1, 6),
     st.sampled_from([0.0, 0.2]),
 )
-def test_every_job_leaves_in_exactly_one_batch(ops: list, size: int, delay: float) -> None:  # type: ignore[type-arg]
+def test_every_job_is_dispatched_once_or_cancelled(ops: list, size: int, delay: float) -> None:  # type: ignore[type-arg]
     clock = Clock()
     b = Batcher(max_batch_size=size, max_delay=delay, clock=clock)
     b.record(("builtins", "abs", 0), 1, 1e-7)
@@ -159,11 +160,20 @@ def test_every_job_leaves_in_exactly_one_batch(ops: list, size: int, delay: floa
             batch = b.take(max_jobs=10, idle_workers=arg)
             if batch is not None:
                 assert 1 <= len(batch.jobs) <= size
+                batch.claim()  # drops the cancelled ones, as a backend does
                 taken.extend(batch.jobs)
+        elif op == "cancel":
+            if submitted:
+                submitted[arg % len(submitted)].future.cancel()
         else:
             clock.now += arg
     b.close("done")
     while (batch := b.take(max_jobs=10, idle_workers=1)) is not None:
+        batch.claim()
         taken.extend(batch.jobs)
-    assert sorted(j.id for j in taken) == sorted(j.id for j in submitted)
+    ran = sorted(j.id for j in taken)
+    assert len(ran) == len(set(ran)), "a job was dispatched twice"
+    cancelled = {j.id for j in submitted if j.future.cancelled()}
+    assert set(ran) | cancelled == {j.id for j in submitted}, "a job was lost"
+    assert not set(ran) & cancelled, "a cancelled job was dispatched"
     assert b.pending == 0
