@@ -122,7 +122,8 @@ def bench(args: argparse.Namespace) -> int:
             else:
                 ratio = other.median / r.median if lower_is_better else r.median / other.median
                 ratios.append(f"{ratio:.2f}x")
-        spread = f"{_format(min(r.samples), '')}-{_format(max(r.samples), '')}".replace(" ", "")
+        low, high = min(r.samples), max(r.samples)
+        spread = f"{low:.2f}-{high:.2f}" if high < 100 else f"{low:,.0f}-{high:,.0f}"
         notes = ", ".join(f"{k}={v:.2f}" for k, v in r.extra.items())
         table.add_row(r.workload, r.executor, _format(r.median, r.unit), spread, *ratios, notes)
     console.print(table)
