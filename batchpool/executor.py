@@ -35,7 +35,7 @@ from .backends import load_backend
 from .backends.base import Backend, cancel_jobs, fail_jobs
 from .batching import Batcher
 from .errors import QueueFullError, ShutdownError
-from .jobs import BATCHED, BATCHED_BISECT, CALLS, CHUNKS, ChunkResult, Job, is_batched
+from .jobs import BATCHED, BATCHED_BISECT, CALLS, CHUNKS, CHUNKS1, ChunkResult, Job, is_batched
 from .metrics import Listener, Metrics, Stats
 from .options import DEFAULT_MAX_BATCH_SIZE, DEFAULT_TARGET_BATCH_TIME, JobOptions, Priority, check_timeout, make_config
 from .retry import CircuitBreaker, CircuitOpenError, RetryPolicy
@@ -52,7 +52,7 @@ _EXIT_MESSAGE = "cannot schedule new futures after interpreter shutdown"
 
 #: Chunks ``map`` cuts a long input into, per worker, when no chunksize is given.
 _MAP_CHUNKS_PER_WORKER = 16
-_MAP_MAX_CHUNK = 256
+_MAP_MAX_CHUNK = 1024
 
 _live_backends: weakref.WeakSet[Backend] = weakref.WeakSet()
 _interpreter_exiting = False
@@ -344,14 +344,20 @@ class BatchPoolExecutor(Executor):
             # A bounded pool reads its input only as fast as it can hold it.
             buffersize = max(1, self._max_pending // max(1, chunksize) // 2)
         if buffersize is None:
-            items = list(zipped)
+            # One iterable: chunks carry the bare items (no 1-tuple per item).
+            single = len(iterables) == 1
+            items = list(iterables[0]) if single else list(zipped)
             effective = self._default_opts if opts is None else opts
             # Timeouts and retries are per job: items that need them travel one per job.
             per_item = effective.timeout is not None or effective.retry is not None
             size = chunksize if chunksize > 1 or per_item else self._auto_chunksize(len(items))
-            groups: Iterator[Any] = _chunked(items, size) if size > 1 else iter(items)
-            fs = deque(self._submit_group(fn, group, size > 1, opts) for group in groups)
-            return _map_results(fs, end_time, size > 1, None)
+            if size > 1:
+                kind = CHUNKS1 if single else CHUNKS
+                fs = deque(self._submit(fn, (group,), None, kind, opts) for group in _chunked(items, size))
+                return _map_results(fs, end_time, True, None)
+            calls = ((item,) for item in items) if single else iter(items)
+            fs = deque(self._submit(fn, args, None, CALLS, opts) for args in calls)
+            return _map_results(fs, end_time, False, None)
         groups = _chunked(zipped, chunksize) if chunksize > 1 else zipped
         first = itertools.islice(groups, buffersize)
         fs = deque(self._submit_group(fn, group, chunksize > 1, opts) for group in first)

@@ -29,7 +29,10 @@ __all__ = [
     "BATCHED",
     "BATCHED_BISECT",
     "CALLS",
+    "BATCHED_KINDS",
     "CHUNKS",
+    "CHUNKS1",
+    "CHUNK_KINDS",
     "Batch",
     "ChunkResult",
     "ExceptionWithTraceback",
@@ -47,6 +50,9 @@ CALLS = 0  # each job is one call fn(*args, **kwargs)
 CHUNKS = 1  # each job is a run of map() items: fn(*item) for each item
 BATCHED = 2  # each job is one item; the batch is one call fn([items])
 BATCHED_BISECT = 3  # the same, and a failing call is split to find the bad item
+CHUNKS1 = 4  # map() over one iterable: bare items, fn(item) (no 1-tuples to build and pickle)
+CHUNK_KINDS = (CHUNKS, CHUNKS1)
+BATCHED_KINDS = (BATCHED, BATCHED_BISECT)
 
 _job_ids = itertools.count()
 DEFAULT_OPTIONS = JobOptions()

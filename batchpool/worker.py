@@ -28,7 +28,7 @@ from typing import Any
 
 from . import serialization
 from .errors import BatchResultError
-from .jobs import BATCHED_BISECT, CALLS, CHUNKS, ChunkResult, ExceptionWithTraceback
+from .jobs import BATCHED_BISECT, BATCHED_KINDS, CALLS, CHUNKS, ChunkResult, ExceptionWithTraceback
 from .transport import shm
 
 __all__ = [
@@ -103,15 +103,19 @@ def encode_batch(batch_id: int, kind: int, fn_blob: bytes, calls_blob: bytes) ->
 
 def run_chunk(
     fn: Callable[..., Any],
-    items: list[tuple[Any, ...]],
+    items: list[Any],
     wrap: Callable[[BaseException], Any],
+    star: bool = True,
 ) -> ChunkResult:
-    """Run ``fn(*item)`` for each item of a ``map`` chunk, one outcome per item."""
+    """Run ``fn(*item)`` (or ``fn(item)`` without ``star``) for each item of a ``map`` chunk.
+
+    Each item runs exactly once; one that raises fails alone.
+    """
     values: list[Any] = []
     errors: dict[int, Any] = {}
-    for i, args in enumerate(items):
+    for i, item in enumerate(items):
         try:
-            values.append(fn(*args))
+            values.append(fn(*item) if star else fn(item))
         except BaseException as exc:  # noqa: BLE001 - reported on that item
             values.append(None)
             errors[i] = wrap(exc)
@@ -201,7 +205,7 @@ def _make_picklable(values: list[Any], errors: dict[int, Any]) -> tuple[list[Any
 
 
 def _run_batch(channel: Any, batch_id: int, kind: int, fn: Callable[..., Any], calls: list[Any]) -> None:
-    if kind > CHUNKS:
+    if kind in BATCHED_KINDS:
         t0 = time.perf_counter()
         items = [args[0] for args, _ in calls]
         out = run_batched(fn, items, ExceptionWithTraceback, kind == BATCHED_BISECT)
@@ -217,7 +221,7 @@ def _run_batch(channel: Any, batch_id: int, kind: int, fn: Callable[..., Any], c
             if kind == CALLS:
                 values.append(fn(*args, **kwargs) if kwargs else fn(*args))
             else:
-                values.append(run_chunk(fn, args[0], ExceptionWithTraceback))
+                values.append(run_chunk(fn, args[0], ExceptionWithTraceback, kind == CHUNKS))
         except BaseException as exc:  # noqa: BLE001 - SystemExit included, as in the stdlib
             errors[len(values)] = ExceptionWithTraceback(exc)
             values.append(None)

@@ -24,7 +24,7 @@ from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
 from ..batching import Batcher
-from ..jobs import BATCHED_BISECT, CHUNKS, Batch, Job
+from ..jobs import BATCHED_BISECT, BATCHED_KINDS, CHUNK_KINDS, CHUNKS, Batch, Job
 from ..metrics import Metrics
 from ..options import PoolConfig
 from ..worker import run_batched, run_chunk
@@ -112,7 +112,7 @@ class ThreadBackend(Backend):
         self.metrics.batch_sent(len(batch.jobs), batch.reason, batch.t_dispatch - batch.mean_submit)
         self._busy.add(threading.current_thread())
         t0 = time.perf_counter()
-        if batch.kind > CHUNKS:
+        if batch.kind in BATCHED_KINDS:
             self._run_batched(batch)
         else:
             self._run_calls(batch)
@@ -124,7 +124,8 @@ class ThreadBackend(Backend):
 
     def _run_calls(self, batch: Batch) -> None:
         fn = batch.fn
-        chunks = batch.kind == CHUNKS
+        chunks = batch.kind in CHUNK_KINDS
+        star = batch.kind == CHUNKS
         running = self._running
         job = None
         ok = 0
@@ -141,7 +142,7 @@ class ThreadBackend(Backend):
             running[job.id] = job
             try:
                 if chunks:
-                    result: Any = run_chunk(fn, job.args[0], _identity)
+                    result: Any = run_chunk(fn, job.args[0], _identity, star)
                 elif job.kwargs:
                     result = fn(*job.args, **job.kwargs)
                 else:

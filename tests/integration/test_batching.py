@@ -123,3 +123,14 @@ def test_map_chunk_reports_the_failing_item_after_the_good_ones(pool: Callable[.
     assert [next(it) for _ in range(3)] == [(1, 0)] * 3
     with pytest.raises(ZeroDivisionError):
         next(it)
+
+
+def test_map_chunks_run_each_item_exactly_once(pool: Callable[..., BatchPoolExecutor], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    log = tmp_path / "runs"
+    ex = pool()
+    items = list(range(2000))
+    it = ex.map(helpers.count_run, [str(log)] * len(items), items, timeout=TIMEOUT)
+    assert list(it) == items
+    single = list(ex.map(helpers.add_one, items, timeout=TIMEOUT))  # one iterable: bare items
+    assert single == [i + 1 for i in items]
+    assert sorted(int(x) for x in log.read_text().split()) == items
