@@ -37,7 +37,16 @@ from .batching import Batcher
 from .errors import QueueFullError, ShutdownError
 from .jobs import BATCHED, BATCHED_BISECT, CALLS, CHUNKS, CHUNKS1, ChunkResult, Job, is_batched
 from .metrics import Listener, Metrics, Stats
-from .options import DEFAULT_MAX_BATCH_SIZE, DEFAULT_TARGET_BATCH_TIME, JobOptions, Priority, check_timeout, make_config
+from .options import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_TARGET_BATCH_TIME,
+    JobOptions,
+    Priority,
+    check_int,
+    check_seconds,
+    check_timeout,
+    make_config,
+)
 from .retry import CircuitBreaker, CircuitOpenError, RetryPolicy
 
 __all__ = ["BatchPoolExecutor"]
@@ -161,10 +170,8 @@ class BatchPoolExecutor(Executor):
         retry: RetryPolicy | None = None,
         dashboard: bool = False,
     ) -> None:
-        if max_pending is not None and (
-            isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1
-        ):
-            raise ValueError(f"max_pending must be an int >= 1 or None, got {max_pending!r}")
+        if max_pending is not None:
+            check_int("max_pending", max_pending, 1)
         if on_full not in _ON_FULL:
             raise ValueError(f"on_full must be one of {_ON_FULL}, got {on_full!r}")
         if retry is not None and not isinstance(retry, RetryPolicy):
@@ -583,10 +590,8 @@ class BatchPoolExecutor(Executor):
             raise TypeError(f"key must be hashable, got {type(key).__name__}") from None
         size = self._config.max_batch_size if max_batch_size is None else max_batch_size
         delay = self._config.max_delay if max_delay is None else max_delay
-        from .options import _check_int, _check_seconds
-
-        _check_int("max_batch_size", size, 1)
-        self._batcher.set_policy(key, size, _check_seconds("max_delay", delay))
+        check_int("max_batch_size", size, 1)
+        self._batcher.set_policy(key, size, check_seconds("max_delay", delay))
         if circuit_breaker is not None:
             if not isinstance(circuit_breaker, CircuitBreaker):
                 raise TypeError("circuit_breaker must be a batchpool.CircuitBreaker")

@@ -6,8 +6,8 @@ Three kinds of record, kept apart on purpose (as in CPython's
 ``concurrent.futures.process``):
 
 * ``Job`` stays in the parent and holds the user's ``Future``.
-* A wire batch (``WireBatch``) crosses to the worker: a batch id, the callable
-  once, and the calls' arguments. It never holds a Future.
+* A wire batch crosses to the worker (framed by ``batchpool.worker``): a batch
+  id, the callable once, and the calls' arguments. It never holds a Future.
 * An outcome comes back (framed by ``batchpool.worker``): per job either a
   value or an exception, and the batch's run time, possibly in several parts
   for a long batch.
@@ -38,7 +38,6 @@ __all__ = [
     "ExceptionWithTraceback",
     "Job",
     "JobInfo",
-    "WireBatch",
     "batched",
     "is_batched",
     "job_info",
@@ -153,10 +152,6 @@ class Batch:
         if self.record is not None:
             self.record.run_time = run_time
 
-    def to_wire(self) -> WireBatch:
-        """The part of this batch that crosses to a worker."""
-        return WireBatch(self.id, self.kind, self.fn, [(j.args, j.kwargs) for j in self.jobs])
-
 
 class _BatchRecord:
     __slots__ = ("id", "reason", "run_time", "size", "t_dispatch")
@@ -202,15 +197,6 @@ def job_info(future: Future[Any]) -> JobInfo | None:
         return None
     record, t_submit = info
     return JobInfo(record.id, record.size, record.reason, record.t_dispatch - t_submit, record.run_time)
-
-
-class WireBatch(NamedTuple):
-    """What a worker receives: one callable and the arguments of each call."""
-
-    batch_id: int
-    kind: int
-    fn: Callable[..., Any]
-    calls: list[tuple[tuple[Any, ...], dict[str, Any] | None]]
 
 
 class ChunkResult(NamedTuple):

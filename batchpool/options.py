@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .retry import RetryPolicy
 
-__all__ = ["DEFAULT_MAX_BATCH_SIZE", "JobOptions", "PoolConfig", "Priority", "make_config", "check_timeout"]
+__all__ = [
+    "DEFAULT_MAX_BATCH_SIZE",
+    "JobOptions",
+    "PoolConfig",
+    "Priority",
+    "check_int",
+    "check_seconds",
+    "check_timeout",
+    "make_config",
+]
 
 #: Largest batch a lane cuts unless told otherwise. Measured with
 #: ``batchpool bench --workload submit``: throughput of tiny jobs stops growing
@@ -76,7 +85,7 @@ def check_timeout(name: str, value: object) -> float | None:
     """Validate a per-job timeout: None, or seconds > 0."""
     if value is None:
         return None
-    seconds = _check_seconds(name, value)
+    seconds = check_seconds(name, value)
     if seconds == 0:
         raise ValueError(f"{name} must be > 0 seconds or None, got {value!r}")
     return seconds
@@ -105,7 +114,8 @@ def _cpu_count() -> int:
     return counter() or 1
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
+def check_int(name: str, value: object, minimum: int) -> int:
+    """Validate an int argument: TypeError for another type, ValueError below ``minimum``."""
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < minimum:
@@ -113,7 +123,8 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return value
 
 
-def _check_seconds(name: str, value: object) -> float:
+def check_seconds(name: str, value: object) -> float:
+    """Validate a duration: a finite number of seconds >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, got {type(value).__name__}")
     if not math.isfinite(value) or value < 0:
@@ -186,7 +197,7 @@ def make_config(
     if not isinstance(thread_name_prefix, str):
         raise TypeError(f"thread_name_prefix must be a str, got {type(thread_name_prefix).__name__}")
     if max_tasks_per_child is not None:
-        _check_int("max_tasks_per_child", max_tasks_per_child, 1)
+        check_int("max_tasks_per_child", max_tasks_per_child, 1)
     if mp_context is not None and not isinstance(mp_context, multiprocessing.context.BaseContext):
         raise TypeError(f"mp_context must be a multiprocessing context, got {type(mp_context).__name__}")
     if backend == "process":
@@ -200,9 +211,9 @@ def make_config(
     if transport not in TRANSPORTS:
         raise ValueError(f"transport must be one of {TRANSPORTS}, got {transport!r}")
     auto = max_batch_size == "auto"
-    size = AUTO_MAX_BATCH_SIZE if auto else _check_int("max_batch_size", max_batch_size, 1)
-    delay = _check_seconds("max_delay", max_delay)
-    target = _check_seconds("target_batch_time", target_batch_time)
+    size = AUTO_MAX_BATCH_SIZE if auto else check_int("max_batch_size", max_batch_size, 1)
+    delay = check_seconds("max_delay", max_delay)
+    target = check_seconds("target_batch_time", target_batch_time)
     if target == 0:
         raise ValueError("target_batch_time must be > 0 seconds")
     return PoolConfig(

@@ -127,10 +127,11 @@ class ThreadBackend(Backend):
         chunks = batch.kind in CHUNK_KINDS
         star = batch.kind == CHUNKS
         running = self._running
+        me = threading.current_thread()
         job = None
         ok = 0
         for job in batch.jobs:
-            if threading.current_thread() in self._abandoned:
+            if me in self._abandoned:
                 # Our thread was given up on (a timeout): the rest of the batch
                 # goes back to the lanes for the replacement thread.
                 for rest in batch.jobs[batch.jobs.index(job) :]:

@@ -42,7 +42,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from ..jobs import BATCHED, BATCHED_BISECT, Batch, Job
+from ..jobs import BATCHED_KINDS, Batch, Job
 from ..options import Priority
 
 __all__ = ["AGE_STEP", "Batcher", "lane_key"]
@@ -152,7 +152,6 @@ class Batcher:
         self._closed_reason = ""
         self._closed_error: type[BaseException] = RuntimeError
         self._last_realtime = -REALTIME_WINDOW * 2
-        self._workers_hint = 1
 
     # -- submit side ---------------------------------------------------------
 
@@ -256,8 +255,7 @@ class Batcher:
             workers: how many workers the pool has (for that depth rule).
         """
         with self._lock:
-            self._workers_hint = workers
-            return self._take_locked(max_jobs, max(1, idle_workers), prefetch, self._clock())
+            return self._take_locked(max_jobs, max(1, idle_workers), prefetch, max(1, workers), self._clock())
 
     def take_wait(self, *, stop: Callable[[], bool]) -> Batch | None:
         """Block until a batch is ready and return it (worker threads).
@@ -269,7 +267,7 @@ class Batcher:
                 if stop():
                     return None
                 now = self._clock()
-                batch = self._take_locked(self.max_batch_size, self._waiters + 1, False, now)
+                batch = self._take_locked(self.max_batch_size, self._waiters + 1, False, 1, now)
                 if batch is not None:
                     return batch
                 if self._closed and not self._pending:
@@ -282,11 +280,11 @@ class Batcher:
                 finally:
                     self._waiters -= 1
 
-    def _take_locked(self, max_jobs: int, idle: int, prefetch: bool, now: float) -> Batch | None:
+    def _take_locked(self, max_jobs: int, idle: int, prefetch: bool, workers: int, now: float) -> Batch | None:
         if self._delayed and self._delayed[0][0] <= now:
             self._promote_locked(now)
         for key, lane, reason in self._candidates(now):
-            size = self._size(lane, max_jobs, idle, prefetch)
+            size = self._size(lane, max_jobs, idle, prefetch, workers, now)
             if size == 0:
                 continue
             jobs = self._pop(lane, size)
@@ -328,21 +326,21 @@ class Batcher:
             return "delay"
         return None
 
-    def _size(self, lane: _Lane, max_jobs: int, idle: int, prefetch: bool) -> int:
+    def _size(self, lane: _Lane, max_jobs: int, idle: int, prefetch: bool, workers: int, now: float) -> int:
         if lane.timed:
             return 0 if prefetch else 1  # a timeout is measured from the job's own start
         queued = len(lane.jobs)
         size = min(lane.max_batch_size, max_jobs, queued)
         if lane.max_delay and not self._closed:
             return size  # the user asked for size-or-delay batches: keep them whole
-        if lane.jobs[0].kind in (BATCHED, BATCHED_BISECT) and not self.auto:
+        if lane.jobs[0].kind in BATCHED_KINDS and not self.auto:
             return size  # batch functions: the batch is the user's unit of work
         estimate = self._estimates.get(lane.timing_key)
         if estimate is None:
             # Never timed: probe with single jobs until the first batch is back.
             return 0 if prefetch else min(size, 1)
         target = self.target_batch_time
-        if lane.priority != Priority.REALTIME and self._clock() - self._last_realtime < REALTIME_WINDOW:
+        if lane.priority != Priority.REALTIME and now - self._last_realtime < REALTIME_WINDOW:
             if prefetch:
                 return 0
             target /= 4
@@ -351,7 +349,7 @@ class Batcher:
         if prefetch and estimate * size > target:
             # Slow jobs: prefetch one only while the lane is deep enough that
             # every other worker still finds work when it frees up.
-            return 1 if queued >= 2 * self._workers_hint else 0
+            return 1 if queued >= 2 * workers else 0
         return min(size, math.ceil(queued / idle))
 
     def _pop(self, lane: _Lane, size: int) -> list[Job]:
@@ -385,10 +383,6 @@ class Batcher:
             self._estimates[key] = sample if old is None else old + _EWMA_WEIGHT * (sample - old)
             if len(self._estimates) > _MAX_ESTIMATES:
                 self._estimates.popitem(last=False)
-
-    def estimate(self, key: Hashable) -> float | None:
-        """Seconds one job of this timing key is expected to run, if measured."""
-        return self._estimates.get(key)
 
     def next_deadline(self) -> float | None:
         """When a lingering lane or a delayed retry becomes ready (batcher clock)."""
