@@ -218,6 +218,15 @@ def slow_items(items: list[float]) -> list[int]:
     return [len(items)] * len(items)
 
 
+def wait_until(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.005)
+
+
 def wait_for_path(path: str, timeout: float = 30.0) -> bool:
     """Block (as simulated work) until ``path`` exists: a gate across processes."""
     deadline = time.monotonic() + timeout

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 
 import pytest
@@ -57,17 +56,18 @@ def test_shutdown_flushes_every_lane_at_once(pool: Callable[..., BatchPoolExecut
     assert "shutdown" in reasons
 
 
-def test_jobs_collect_while_workers_are_busy(backend: str) -> None:
-    gate = threading.Event() if backend == "thread" else None
+def test_jobs_collect_while_workers_are_busy(backend: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    gate = str(tmp_path / "gate")
     with BatchPoolExecutor(max_workers=1, backend=backend) as ex:
         # Time the callable first, so the pool knows its jobs are quick.
         for f in [ex.submit(helpers.add_one, i) for i in range(50)]:
             f.result(TIMEOUT)
-        blocker = ex.submit(helpers.sleep_and_return, 0.5, "done")
+        blocker = ex.submit(helpers.wait_for_path, gate)
+        helpers.wait_until(blocker.running, what="the blocker to start")
         fs = [ex.submit(helpers.add_one, i) for i in range(300)]
+        open(gate, "w").close()  # the worker frees up only now: the jobs have collected
         assert [f.result(TIMEOUT) for f in fs] == list(range(1, 301))
-        assert blocker.result(TIMEOUT) == "done"
-    del gate
+        assert blocker.result(TIMEOUT) is True
     sizes = {i.batch_id: i.batch_size for i in _infos(fs)}
     assert max(sizes.values()) > 50, f"batch sizes {sorted(sizes.values())}"
 

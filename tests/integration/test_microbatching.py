@@ -156,8 +156,7 @@ def test_max_pending_raise(pool: Callable[..., BatchPoolExecutor]) -> None:
     ex = BatchPoolExecutor(max_workers=1, backend="thread", max_pending=5, on_full="raise")
     try:
         blocker = ex.submit(gate.wait, TIMEOUT)
-        while not blocker.running():
-            time.sleep(0.001)
+        helpers.wait_until(blocker.running, what="the blocker to run")
         queued = [ex.submit(helpers.add_one, i) for i in range(5)]
         with pytest.raises(QueueFullError, match="max_pending=5"):
             ex.submit(helpers.add_one, 99)
@@ -172,8 +171,7 @@ def test_max_pending_caller_runs_in_the_calling_thread() -> None:
     gate = threading.Event()
     with BatchPoolExecutor(max_workers=1, backend="thread", max_pending=2, on_full="caller_runs") as ex:
         blocker = ex.submit(gate.wait, TIMEOUT)
-        while not blocker.running():
-            time.sleep(0.001)
+        helpers.wait_until(blocker.running, what="the blocker to run")
         [ex.submit(helpers.add_one, i) for i in range(2)]
         here = ex.submit(threading.get_ident)
         assert here.done() and here.result() == threading.get_ident()

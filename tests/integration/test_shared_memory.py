@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import psutil
 import pytest
@@ -62,8 +61,7 @@ def test_no_segment_survives_a_worker_killed_mid_batch() -> None:
     arr = np.ones(MB64 // 8)
     with BatchPoolExecutor(max_workers=1) as ex:
         fut = ex.submit(helpers.sleep_and_return, 60, arr)
-        while not fut.running():
-            time.sleep(0.01)
+        helpers.wait_until(fut.running, what="the job to run")
         pid = next(iter(ex._processes.values())).pid
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(WorkerCrashedError):

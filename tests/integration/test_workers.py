@@ -7,7 +7,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import psutil
 import pytest
@@ -51,9 +50,7 @@ def test_a_dead_worker_fails_its_jobs_and_the_pool_goes_on(how: str) -> None:
         else:
             victim = ex.submit(helpers.sleep_and_return, 60, None)
             # Kill the worker that runs it: wait until the job is out of the lane.
-            deadline = time.monotonic() + TIMEOUT
-            while not victim.running() and time.monotonic() < deadline:
-                time.sleep(0.01)
+            helpers.wait_until(victim.running, what="the victim to run")
             for process in ex._processes.values():
                 os.kill(process.pid, signal.SIGKILL)
         with pytest.raises(WorkerCrashedError) as info:
