@@ -50,9 +50,10 @@ def render(stats: Stats, title: str = "batchpool") -> RenderableType:
     """Render one snapshot as rich panels (what the live dashboard shows).
 
     Example:
+        >>> import io
         >>> from rich.console import Console
         >>> from batchpool.metrics import Metrics
-        >>> console = Console(record=True, width=120)
+        >>> console = Console(record=True, width=120, file=io.StringIO())
         >>> console.print(render(Metrics().snapshot()))
         >>> "Throughput" in console.export_text()
         True
@@ -220,7 +221,8 @@ def progress(futures: Iterable[Future[T]], description: str = "jobs") -> list[Fu
     Example:
         >>> from batchpool import BatchPoolExecutor
         >>> with BatchPoolExecutor(backend="thread") as ex:
-        ...     done = progress([ex.submit(abs, -i) for i in range(3)])
+        ...     done = progress([ex.submit(abs, -i) for i in range(3)])  # doctest: +ELLIPSIS
+        jobs ...
         >>> [f.result() for f in done]
         [0, 1, 2]
     """

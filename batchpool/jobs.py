@@ -91,6 +91,7 @@ class Batch:
     """A group of jobs cut from one lane and sent to one worker, parent side."""
 
     __slots__ = (
+        "blocks",
         "cancelled",
         "done",
         "fn",
@@ -100,7 +101,6 @@ class Batch:
         "mean_submit",
         "reason",
         "record",
-        "segments",
         "t_dispatch",
         "timing_key",
         "worker",
@@ -117,7 +117,7 @@ class Batch:
         self.worker: object = None
         self.t_dispatch = 0.0
         self.record: _BatchRecord | None = None
-        self.segments: list[str] = []  # shared-memory names of its large buffers
+        self.blocks: list[Any] = []  # the arena blocks its large buffers are in (transport.shm.Block)
         self.cancelled = 0  # jobs found cancelled when it was claimed
         self.mean_submit = 0.0
 

@@ -115,13 +115,15 @@ class CircuitBreaker:
     runs; its success closes the circuit, its failure opens it again.
 
     Example:
-        >>> clock = iter([0.0, 0.0, 0.0, 1.0, 31.0, 31.0]).__next__
-        >>> cb = CircuitBreaker(failures=2, cooldown=30.0, clock=clock)
-        >>> cb.record(False); cb.record(False)   # two failures: open
-        >>> cb.allow()                             # t=1: fail fast
+        >>> now = [0.0]
+        >>> cb = CircuitBreaker(failures=2, cooldown=30.0, clock=lambda: now[0])
+        >>> cb.record(False); cb.record(False)   # two failures in a row: open
+        >>> now[0] = 1.0; cb.allow()             # fail fast
         False
-        >>> cb.allow()                             # t=31: the trial
+        >>> now[0] = 31.0; cb.allow()            # the cooldown is over: one trial
         True
+        >>> cb.allow()                           # and only one
+        False
     """
 
     def __init__(self, failures: int = 5, cooldown: float = 30.0, clock: Callable[[], float] = time.monotonic) -> None:

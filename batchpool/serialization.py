@@ -30,13 +30,14 @@ __all__ = [
     "dumps_each",
     "dumps_oob",
     "frame_oob",
+    "lend",
     "loads",
     "unframe_oob",
 ]
 
 PROTOCOL = 5
 _COUNT = struct.Struct("<I")
-_SEGMENT = struct.Struct("<HQ")
+_SEGMENT = struct.Struct("<IQH")  # block id (0: a one-shot segment), size, length of the name
 
 
 def dumps(obj: object) -> bytes:
@@ -104,26 +105,37 @@ def dumps_oob(obj: object, threshold: int | None) -> tuple[bytes, list[memoryvie
         return data, big
 
 
-def frame_oob(data: bytes, segments: Sequence[tuple[str, int]]) -> bytes:
-    """Prefix a pickle with the names and sizes of its out-of-band segments."""
+def frame_oob(data: bytes, segments: Sequence[tuple[int, int, str]]) -> bytes:
+    """Prefix a pickle with references to its out-of-band buffers.
+
+    Each reference is (block id, size, name): the block id is 0 for a
+    one-shot segment, and the name may be empty for a block the receiver has
+    mapped before.
+
+    Example:
+        >>> framed = frame_oob(b"pickle", [(0, 10, "seg"), (3, 5, "")])
+        >>> data, refs = unframe_oob(memoryview(framed))
+        >>> bytes(data), refs
+        (b'pickle', [(0, 10, 'seg'), (3, 5, '')])
+    """
     parts = [_COUNT.pack(len(segments))]
-    for name, size in segments:
+    for block_id, size, name in segments:
         encoded = name.encode()
-        parts.append(_SEGMENT.pack(len(encoded), size))
+        parts.append(_SEGMENT.pack(block_id, size, len(encoded)))
         parts.append(encoded)
     parts.append(data)
     return b"".join(parts)
 
 
-def unframe_oob(view: memoryview) -> tuple[memoryview, list[tuple[str, int]]]:
-    """Split what ``frame_oob`` made into the pickle and the segment list."""
+def unframe_oob(view: memoryview) -> tuple[memoryview, list[tuple[int, int, str]]]:
+    """Split what ``frame_oob`` made into the pickle and the buffer references."""
     (count,) = _COUNT.unpack_from(view)
     offset = _COUNT.size
     segments = []
     for _ in range(count):
-        length, size = _SEGMENT.unpack_from(view, offset)
+        block_id, size, length = _SEGMENT.unpack_from(view, offset)
         offset += _SEGMENT.size
-        segments.append((bytes(view[offset : offset + length]).decode(), size))
+        segments.append((block_id, size, bytes(view[offset : offset + length]).decode()))
         offset += length
     return view[offset:], segments
 
@@ -159,6 +171,27 @@ def dumps_each(
             good.append(item)
     data, big = dumps_oob(good, threshold)
     return data, bad, big
+
+
+def lend(view: memoryview) -> pickle.PickleBuffer:
+    """Wrap an out-of-band buffer for ``loads`` so that its use can be checked afterwards.
+
+    Every view an unpickled object makes of the wrapper is an export of
+    ``view`` itself, so once the wrapper is released, ``view.release()``
+    raises ``BufferError`` exactly while some object still uses the memory.
+
+    Example:
+        >>> view = memoryview(bytearray(8))
+        >>> wrapper = lend(view)
+        >>> kept = memoryview(wrapper)
+        >>> wrapper.release()
+        >>> try:
+        ...     view.release()
+        ... except BufferError:
+        ...     print("still in use")
+        still in use
+    """
+    return pickle.PickleBuffer(view)
 
 
 def loads(data: bytes | memoryview, buffers: Sequence[Any] = ()) -> Any:

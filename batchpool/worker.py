@@ -6,10 +6,14 @@ this module, and it must stay light).
 
 Wire protocol, parent -> worker (one message each):
     ``B`` header(batch id, kind, len(fn)) + pickled callable + pickled calls
+          (framed with their out-of-band buffers' references)
+    ``D`` pickled block ids: arena blocks the parent let go; unmap them
     ``Q`` stop after the current batch
 worker -> parent:
     ``R`` header(batch id, start, count, final, run time) + pickled
           (values, errors): a part or the rest of a batch
+    ``P`` pickled block ids: the batch's job kept views of these blocks
+          beyond its call; sent before the batch's final ``R``
     ``S`` pickled (batch id, exception, callable_failed): the batch could not
           be unpickled here; the parent fails or splits it
     ``I`` pickled exception: the initializer failed; this worker is exiting
@@ -33,8 +37,10 @@ from .transport import shm
 
 __all__ = [
     "MSG_BATCH",
+    "MSG_DROP",
     "MSG_INIT_FAILED",
     "MSG_OUTCOME",
+    "MSG_PINNED",
     "MSG_SPLIT",
     "MSG_STOP",
     "WorkerSpec",
@@ -46,8 +52,10 @@ __all__ = [
 ]
 
 MSG_BATCH = b"B"
+MSG_DROP = b"D"
 MSG_STOP = b"Q"
 MSG_OUTCOME = b"R"
+MSG_PINNED = b"P"
 MSG_SPLIT = b"S"
 MSG_INIT_FAILED = b"I"
 
@@ -77,23 +85,58 @@ class WorkerSpec:
     oob_threshold: int | None = None
 
 
-# The worker's own segment factory (results); set by worker_main.
+# The worker's own segment factory (results) and its mappings of the
+# parent's arena blocks (tasks); set by worker_main.
 _segments: shm.SegmentFactory | None = None
 _threshold: int | None = None
+_blocks = shm.BlockCache()
 
 
 def _pack(obj: object) -> bytes:
     """Pickle ``obj``, its large buffers in shared-memory segments (framed)."""
     data, big = serialization.dumps_oob(obj, _threshold if _segments is not None else None)
-    segments = [(_segments.put(buf), buf.nbytes) for buf in big] if _segments is not None else []
+    segments = [(0, buf.nbytes, _segments.put(buf)) for buf in big] if _segments is not None else []
     return serialization.frame_oob(data, segments)
 
 
-def unpack(view: memoryview) -> Any:
-    """Unpickle what ``_pack`` made, mapping (and unlinking) its segments."""
+_Lent = list[tuple[int, memoryview, Any]]
+
+
+def unpack(view: memoryview, lent: _Lent | None = None) -> Any:
+    """Unpickle a framed pickle, mapping its out-of-band buffers.
+
+    One-shot segments are unlinked once mapped. Arena blocks are lent, and
+    recorded in ``lent`` for ``_pinned`` to check after the call.
+    """
     data, segments = serialization.unframe_oob(view)
-    buffers = [shm.open_segment(name, size) for name, size in segments]
+    buffers: list[Any] = []
+    for block_id, size, name in segments:
+        if block_id:
+            block_view = _blocks.view(block_id, name, size)
+            # Handed over wrapped: every view made of a PickleBuffer is an
+            # export of ``block_view`` itself (a view made of a memoryview
+            # is not), so ``block_view.release()`` later tells whether any
+            # object made from it is still alive.
+            lent_buffer = serialization.lend(block_view)
+            if lent is not None:
+                lent.append((block_id, block_view, lent_buffer))
+            buffers.append(lent_buffer)
+        else:
+            buffers.append(shm.open_segment(name, size))
     return serialization.loads(data, buffers)
+
+
+def _pinned(lent: _Lent) -> list[int]:
+    """Blocks an object still holds a view of (the job stored its argument)."""
+    pinned = []
+    for block_id, view, wrapper in lent:
+        wrapper.release()
+        try:
+            view.release()
+        except BufferError:
+            pinned.append(block_id)
+    _blocks.forget(pinned)  # the live views keep their mappings; never reused
+    return pinned
 
 
 def encode_batch(batch_id: int, kind: int, fn_blob: bytes, calls_blob: bytes) -> bytes:
@@ -175,7 +218,7 @@ def _encode_outcome(
     return header + _pack(_make_picklable(values, errors))
 
 
-def parse_outcome(message: bytes) -> tuple[int, int, int, bool, float, memoryview]:
+def parse_outcome(message: bytes | memoryview) -> tuple[int, int, int, bool, float, memoryview]:
     """Split an ``R`` message into batch id, start, count, final, run time, payload."""
     _, batch_id, start, count, final, run_time = _OUTCOME_HEADER.unpack_from(message)
     return batch_id, start, count, bool(final), run_time, memoryview(message)[_OUTCOME_HEADER.size :]
@@ -204,13 +247,13 @@ def _make_picklable(values: list[Any], errors: dict[int, Any]) -> tuple[list[Any
     return values, errors
 
 
-def _run_batch(channel: Any, batch_id: int, kind: int, fn: Callable[..., Any], calls: list[Any]) -> None:
+def _run_batch(channel: Any, batch_id: int, kind: int, fn: Callable[..., Any], calls: list[Any]) -> bytes:
+    """Run a batch, streaming partial outcomes; return the final outcome, unsent."""
     if kind in BATCHED_KINDS:
         t0 = time.perf_counter()
         items = [args[0] for args, _ in calls]
         out = run_batched(fn, items, ExceptionWithTraceback, kind == BATCHED_BISECT)
-        channel.send(_encode_outcome(batch_id, 0, out.values, out.errors, time.perf_counter() - t0, True))
-        return
+        return _encode_outcome(batch_id, 0, out.values, out.errors, time.perf_counter() - t0, True)
     values: list[Any] = []
     errors: dict[int, Any] = {}
     start = 0
@@ -231,10 +274,10 @@ def _run_batch(channel: Any, batch_id: int, kind: int, fn: Callable[..., Any], c
             start += len(values)
             values, errors = [], {}
             t_sent = now
-    channel.send(_encode_outcome(batch_id, start, values, errors, time.perf_counter() - t0, True))
+    return _encode_outcome(batch_id, start, values, errors, time.perf_counter() - t0, True)
 
 
-def _handle_batch(channel: Any, message: bytes) -> int:
+def _handle_batch(channel: Any, message: bytes | memoryview) -> int:
     _, batch_id, kind, fn_len = _BATCH_HEADER.unpack_from(message)
     start = _BATCH_HEADER.size
     view = memoryview(message)
@@ -243,14 +286,22 @@ def _handle_batch(channel: Any, message: bytes) -> int:
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the jobs
         channel.send(MSG_SPLIT + serialization.dumps((batch_id, ExceptionWithTraceback(exc), True)))
         return 0
+    lent: _Lent = []
     try:
-        calls = unpack(view[start + fn_len :])
+        calls = unpack(view[start + fn_len :], lent)
     except BaseException as exc:  # noqa: BLE001 - the parent splits the batch to find the bad job
         channel.send(MSG_SPLIT + serialization.dumps((batch_id, ExceptionWithTraceback(exc), False)))
+        _pinned(lent)
         return 0
     del view, message
-    _run_batch(channel, batch_id, kind, fn, calls)
-    return len(calls)
+    count = len(calls)
+    final = _run_batch(channel, batch_id, kind, fn, calls)
+    del calls  # the arguments, and with them the views of the blocks they came in
+    pinned = _pinned(lent)
+    if pinned:
+        channel.send(MSG_PINNED + serialization.dumps(pinned))
+    channel.send(final)
+    return count
 
 
 def worker_main(spec: WorkerSpec) -> None:
@@ -273,21 +324,32 @@ def worker_main(spec: WorkerSpec) -> None:
             logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
             channel.send(MSG_INIT_FAILED + serialization.dumps(_picklable_error(exc)))
             return
+    try:
+        _serve(channel, parent, spec.max_tasks)
+    except (EOFError, OSError):
+        # The parent closed our channel or died: nobody will free this pool's
+        # segments but us (the next pool's start would, eventually).
+        if spec.shm_prefix is not None and not shm.owner_alive(spec.shm_prefix):
+            shm.cleanup_prefix(spec.shm_prefix)
+
+
+def _serve(channel: Any, parent: int, max_tasks: int | None) -> None:
     done = 0
     while True:
-        try:
-            message = channel.recv(PARENT_CHECK_INTERVAL)
-        except (EOFError, OSError):
-            return  # the parent closed our channel: it is gone
+        message = channel.recv(PARENT_CHECK_INTERVAL)
         if message is None:
             if os.getppid() != parent:
-                return
+                raise EOFError("the parent process is gone")
             continue
-        if message[:1] == MSG_STOP:
+        tag = message[:1]
+        if tag == MSG_STOP:
             return
+        if tag == MSG_DROP:
+            _blocks.forget(serialization.loads(message[1:]))
+            continue
         done += _handle_batch(channel, message)
         del message
-        if spec.max_tasks is not None and done >= spec.max_tasks:
+        if max_tasks is not None and done >= max_tasks:
             return
 
 

@@ -44,11 +44,13 @@ from ..errors import TransportError, WorkerCrashedError, describe_exit
 from ..jobs import Batch
 from ..metrics import Metrics
 from ..options import OOB_THRESHOLD, PoolConfig
-from ..transport import PipeTransport, shm
-from ..transport.base import Channel
+from ..transport import PipeTransport, ring, shm
+from ..transport.base import Channel, Message
 from ..worker import (
+    MSG_DROP,
     MSG_INIT_FAILED,
     MSG_OUTCOME,
+    MSG_PINNED,
     MSG_SPLIT,
     MSG_STOP,
     WorkerSpec,
@@ -66,6 +68,12 @@ __all__ = ["ProcessBackend"]
 PREFETCH = 2
 #: Seconds a stopping worker gets to exit before it is terminated, then killed.
 STOP_GRACE = 5.0
+#: Out-of-band bytes one batch may carry: a batch of more (and more than one
+#: job) is halved before anything is copied, so that large payloads spread
+#: over the workers and the shared memory in flight stays bounded.
+MAX_BATCH_BYTES = 32 * 2**20
+#: Free arena bytes kept per worker for reuse (two batches' worth and then some).
+ARENA_KEEP = 128 * 2**20
 
 _WAKE, _RESULT, _SENTINEL, _WRITE = range(4)
 _worker_ids = itertools.count()
@@ -75,13 +83,26 @@ _pool_ids = itertools.count()
 class _Worker:
     """The parent's record of one worker process."""
 
-    __slots__ = ("channel", "done", "id", "inflight", "killed", "pid", "process", "sent", "timed", "writing")
+    __slots__ = (
+        "arena",
+        "channel",
+        "done",
+        "id",
+        "inflight",
+        "killed",
+        "pid",
+        "process",
+        "sent",
+        "timed",
+        "writing",
+    )
 
-    def __init__(self, process: Any, channel: Channel) -> None:
+    def __init__(self, process: Any, channel: Channel, arena: shm.Arena | None) -> None:
         self.id = next(_worker_ids)
         self.process = process
         self.pid: int = process.pid
         self.channel = channel
+        self.arena = arena  # its task buffers' shared memory; None: all in band
         self.inflight: dict[int, Batch] = {}
         self.sent = 0  # jobs sent, against max_tasks_per_child
         self.done = 0  # jobs finished
@@ -97,7 +118,13 @@ class ProcessBackend(Backend):
         super().__init__(config, batcher, metrics)
         assert config.mp_context is not None  # filled in by make_config
         self._ctx = config.mp_context
-        self._transport = PipeTransport(self._ctx)
+        # "shm": rings for messages, arena blocks for large buffers, where the
+        # system has them (Linux); the pipe transport everywhere else.
+        self._shm_prefix: str | None = None
+        self._transport: PipeTransport | ring.RingTransport = PipeTransport(self._ctx)
+        if config.transport == "shm" and shm.available() and ring.available():
+            self._shm_prefix = shm.pool_prefix(f"{next(_pool_ids)}")
+            self._transport = ring.RingTransport()
         self._workers: dict[int, _Worker] = {}
         self._resend: deque[Batch] = deque()
         self._broken: BaseException | None = None
@@ -119,9 +146,6 @@ class ProcessBackend(Backend):
         # Deadlines of running jobs that have a timeout: (deadline, batch id, worker id).
         self._deadlines: list[tuple[float, int, int]] = []
         self._abort: BaseException | None = None
-        self._segments: shm.SegmentFactory | None = None
-        if config.transport == "shm" and shm.available():
-            self._segments = shm.SegmentFactory(shm.pool_prefix(f"{next(_pool_ids)}"))
 
     # -- called from submitting threads -----------------------------------------
 
@@ -151,7 +175,7 @@ class ProcessBackend(Backend):
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
-            if self._segments is not None:
+            if self._shm_prefix is not None:
                 shm.cleanup_orphans()  # left by pools whose parent was killed
             self._selector = selectors.DefaultSelector()
             self._selector.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
@@ -278,7 +302,6 @@ class ProcessBackend(Backend):
             if worker is None or batch_id not in worker.inflight:
                 continue  # finished in time, or its worker died anyway
             batch = worker.inflight.pop(batch_id)
-            shm.unlink_all(batch.segments)
             worker.timed = None
             timeout = batch.jobs[0].opts.timeout
             # The only way to stop a running call for real: its process goes.
@@ -364,7 +387,8 @@ class ProcessBackend(Backend):
         except Exception as exc:  # noqa: BLE001 - the callable fails every job of its batch
             fail_jobs(batch.jobs, exc, self.metrics)
             return
-        threshold = OOB_THRESHOLD if self._segments is not None else None
+        arena = worker.arena
+        threshold = OOB_THRESHOLD if arena is not None else None
         calls_blob, bad, big = serialization.dumps_each([(j.args, j.kwargs) for j in batch.jobs], threshold)
         if bad:
             for i, error in bad.items():
@@ -372,16 +396,25 @@ class ProcessBackend(Backend):
             batch.jobs = [j for i, j in enumerate(batch.jobs) if i not in bad]
             if not batch.jobs:
                 return
+        if big and len(batch.jobs) > 1 and sum(buf.nbytes for buf in big) > MAX_BATCH_BYTES:
+            half = len(batch.jobs) // 2
+            self._resend.appendleft(Batch(batch.jobs[half:], batch.reason, batch.timing_key))
+            self._resend.appendleft(Batch(batch.jobs[:half], batch.reason, batch.timing_key))
+            return
+        refs: list[tuple[int, int, str]] = []
         if big:
-            assert self._segments is not None
+            assert arena is not None
             try:
-                batch.segments = [self._segments.put(buf) for buf in big]
+                for buf in big:
+                    block = arena.put(buf)
+                    batch.blocks.append(block)
+                    refs.append((block.id, buf.nbytes, "" if block.shown else block.name))
+                    block.shown = True
             except OSError as exc:  # /dev/shm full: fail this batch, keep the pool
-                shm.unlink_all(batch.segments)
+                self._release(worker, batch)
                 fail_jobs(batch.jobs, exc, self.metrics)
                 return
-        sizes = [buf.nbytes for buf in big]
-        calls_blob = serialization.frame_oob(calls_blob, list(zip(batch.segments, sizes, strict=True)))
+        calls_blob = serialization.frame_oob(calls_blob, refs)
         batch.worker = worker
         batch.mark_dispatched()
         self.metrics.batch_sent(len(batch.jobs), batch.reason, batch.t_dispatch - batch.mean_submit)
@@ -392,10 +425,23 @@ class ProcessBackend(Backend):
             worker.timed = batch.id
             heapq.heappush(self._deadlines, (time.monotonic() + timeout, batch.id, worker.id))
         worker.channel.send(encode_batch(batch.id, batch.kind, fn_blob, calls_blob))
+        self._watch_output(worker)
+
+    def _watch_output(self, worker: _Worker) -> None:
         if worker.channel.has_output and not worker.writing:
             assert self._selector is not None
-            self._selector.register(worker.channel.writable_fd, selectors.EVENT_WRITE, (_WRITE, worker))
+            channel = worker.channel
+            self._selector.register(channel.writable_fd, channel.writable_event, (_WRITE, worker))
             worker.writing = True
+
+    def _release(self, worker: _Worker, batch: Batch) -> None:
+        """Take a settled batch's arena blocks back (telling the worker what to unmap)."""
+        if batch.blocks and worker.arena is not None:
+            dropped = worker.arena.release(batch.blocks)
+            if dropped and not worker.killed:
+                worker.channel.send(MSG_DROP + serialization.dumps(dropped))
+                self._watch_output(worker)
+        batch.blocks = []
 
     def _flush(self, worker: _Worker) -> None:
         if worker.channel.flush() and worker.writing:
@@ -406,14 +452,23 @@ class ProcessBackend(Backend):
     # -- workers ------------------------------------------------------------------
 
     def _spawn(self) -> bool:
-        channel = self._transport.channel()
+        try:
+            channel = self._transport.channel()
+        except OSError as exc:  # out of descriptors or memory: the pool cannot grow
+            error = BrokenProcessPool(f"a worker's channel could not be made: {exc!r}")
+            error.__cause__ = exc
+            self._broken = error
+            if self._manager is None:
+                self._fail_everything(error)
+                self._stop_workers()
+            return False
         spec = WorkerSpec(
-            worker_channel=PipeTransport.worker_channel,
+            worker_channel=self._transport.worker_channel,
             channel_end=channel.worker_end(),
             initializer=self.config.initializer,
             initargs=self.config.initargs,
             max_tasks=self._max_tasks,
-            shm_prefix=None if self._segments is None else self._segments.prefix,
+            shm_prefix=self._shm_prefix,
             oob_threshold=OOB_THRESHOLD,
         )
         process = self._ctx.Process(  # type: ignore[attr-defined]
@@ -431,7 +486,8 @@ class ProcessBackend(Backend):
                 self._stop_workers()
             return False
         channel.after_start()
-        worker = _Worker(process, channel)
+        arena = None if self._shm_prefix is None else shm.Arena(self._shm_prefix, ARENA_KEEP)
+        worker = _Worker(process, channel, arena)
         self._workers[worker.id] = worker
         assert self._selector is not None
         self._selector.register(channel.readable_fd, selectors.EVENT_READ, (_RESULT, worker))
@@ -452,7 +508,7 @@ class ProcessBackend(Backend):
             except (KeyError, ValueError):
                 pass
 
-    def _on_message(self, worker: _Worker, message: bytes) -> None:
+    def _on_message(self, worker: _Worker, message: Message) -> None:
         tag = message[:1]
         if tag == MSG_OUTCOME:
             self._on_outcome(worker, message)
@@ -460,9 +516,12 @@ class ProcessBackend(Backend):
             batch_id, wrapped, fn_failed = serialization.loads(memoryview(message)[1:])
             batch = worker.inflight.pop(batch_id, None)
             if batch is not None:
-                shm.unlink_all(batch.segments)
+                self._release(worker, batch)
                 worker.sent -= len(batch.jobs)  # never ran: not against its task budget
                 self._on_undecodable(batch, wrapped, fn_failed)
+        elif tag == MSG_PINNED:
+            if worker.arena is not None:
+                worker.arena.pin(serialization.loads(memoryview(message)[1:]))
         elif tag == MSG_INIT_FAILED:
             try:
                 cause: BaseException | None = serialization.loads(memoryview(message)[1:])
@@ -475,7 +534,7 @@ class ProcessBackend(Backend):
             error.__cause__ = cause
             self._broken = error
 
-    def _on_outcome(self, worker: _Worker, message: bytes) -> None:
+    def _on_outcome(self, worker: _Worker, message: Message) -> None:
         batch_id, start, count, final, run_time, payload = parse_outcome(message)
         batch = worker.inflight.get(batch_id)
         if batch is None:
@@ -504,7 +563,7 @@ class ProcessBackend(Backend):
         batch.done = start + count
         if final:
             del worker.inflight[batch_id]
-            shm.unlink_all(batch.segments)
+            self._release(worker, batch)
             if worker.timed == batch_id:
                 worker.timed = None
             batch.mark_done(run_time)
@@ -542,8 +601,7 @@ class ProcessBackend(Backend):
         del self._workers[worker.id]
         batches = list(worker.inflight.values())
         worker.inflight.clear()
-        for batch in batches:
-            shm.unlink_all(batch.segments)
+        self._forget_memory(worker, batches)
         if worker.killed:
             return  # we killed it (a timeout); its job is settled already
         if batches or exitcode not in (0, None):
@@ -571,13 +629,21 @@ class ProcessBackend(Backend):
             elif jobs:
                 settle_failure(jobs[0], error, self.batcher, self.metrics)
 
+    @staticmethod
+    def _forget_memory(worker: _Worker, batches: list[Batch]) -> None:
+        """A worker exited or died: its arena goes with it, its batches' blocks too."""
+        for batch in batches:
+            batch.blocks = []
+        if worker.arena is not None:
+            worker.arena.close()
+
     def _fail_everything(self, error: BaseException) -> None:
         self.batcher.close(str(error), error=type(error))
         jobs = self.batcher.drain()
         for worker in self._workers.values():
             for batch in worker.inflight.values():
                 jobs.extend(batch.jobs[batch.done :])
-                shm.unlink_all(batch.segments)
+                batch.blocks = []  # the arena goes when the worker stops
             worker.inflight.clear()
         for batch in self._resend:
             jobs.extend(batch.jobs)
@@ -601,11 +667,12 @@ class ProcessBackend(Backend):
                 worker.process.kill()
                 worker.process.join()
             worker.channel.close()
+            self._forget_memory(worker, [])
         self._workers.clear()
-        if self._segments is not None:
+        if self._shm_prefix is not None:
             # Results a dead worker wrote but never announced, and anything
             # else of this pool's: no segment outlives the pool.
-            shm.cleanup_prefix(self._segments.prefix)
+            shm.cleanup_prefix(self._shm_prefix)
         if self._selector is not None:
             self._selector.close()
         with self._wake_lock:

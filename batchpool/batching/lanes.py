@@ -110,7 +110,8 @@ class Batcher:
     Example:
         >>> from concurrent.futures import Future
         >>> b = Batcher(max_batch_size=8, max_delay=0.0)
-        >>> b.put(Job(print, ("hi",), None, Future()))
+        >>> b.put(Job(print, ("hi",), None, Future()))  # True: queued
+        True
         >>> batch = b.take(max_jobs=8, idle_workers=1)
         >>> len(batch.jobs), batch.reason
         (1, 'free worker')

@@ -10,11 +10,18 @@ does not fit and ``flush`` writes more when the channel is writable.
 from __future__ import annotations
 
 import abc
-from typing import Any
+import selectors
+from typing import Any, TypeAlias
+
+#: A message as a channel hands it over: bytes, or a view of a larger read.
+Message: TypeAlias = "bytes | memoryview"
 
 
 class Channel(abc.ABC):
     """Parent end of the channel to one worker."""
+
+    #: The selector event on ``writable_fd`` that means "room to send".
+    writable_event = selectors.EVENT_WRITE
 
     @abc.abstractmethod
     def send(self, data: bytes) -> None:
@@ -30,7 +37,7 @@ class Channel(abc.ABC):
         """True while queued bytes wait for the channel to become writable."""
 
     @abc.abstractmethod
-    def recv(self) -> bytes:
+    def recv(self) -> Message:
         """Read one message; call when ``readable_fd`` is readable.
 
         Raises:
@@ -67,7 +74,7 @@ class WorkerChannel(abc.ABC):
     """Worker end of the channel; blocking calls are fine on this side."""
 
     @abc.abstractmethod
-    def recv(self, timeout: float | None) -> bytes | None:
+    def recv(self, timeout: float | None) -> Message | None:
         """Next message from the parent, or None after ``timeout`` seconds.
 
         Raises:
