@@ -121,3 +121,78 @@ def test_segments_of_a_killed_parent_are_cleaned_by_the_next_pool() -> None:
     finally:
         shm.unlink(mine)
         shm.unlink(os.path.basename(orphan))
+
+
+_SCRIPT = """
+import sys, time
+import multiprocessing
+import numpy as np
+from batchpool import BatchPoolExecutor
+from tests import helpers
+if __name__ == "__main__":
+    method, mode = sys.argv[1], sys.argv[2]
+    arr = np.ones(2**20)
+    ex = BatchPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context(method))
+    assert ex.submit(helpers.describe_array, arr).result(30)[2] == arr.sum()
+    assert ex.submit(helpers.make_array, 2**20).result(30).sum() == 2**20
+    if mode == "shutdown":
+        ex.shutdown()
+        sys.exit(0)
+    running = ex.submit(helpers.sleep_and_return, 1.0, arr)
+    queued = ex.submit(helpers.describe_array, arr + 1)
+    deadline = time.monotonic() + 30
+    while not running.running() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print(" ".join(str(p.pid) for p in ex._processes.values()), flush=True)
+    time.sleep(60)
+"""
+
+
+def _leftovers(pid: int) -> list[str]:
+    return [name for name in os.listdir(shm.SHM_DIR) if name.startswith(f"bp-{pid}-")]
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_no_warning_and_no_segment_after_shutdown_whatever_the_start_method(method: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SCRIPT, method, "shutdown"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=os.getcwd(),
+    )
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 0, err
+    assert err == "", "nothing may be printed (resource_tracker warnings included)"
+    assert not _leftovers(proc.pid)
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_no_segment_survives_a_parent_killed_with_sigkill(method: str) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SCRIPT, method, "kill"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=os.getcwd(),
+    )
+    try:
+        assert proc.stdout is not None
+        workers = [psutil.Process(int(pid)) for pid in proc.stdout.readline().split()]
+        assert workers, "the script did not get its job running"
+        proc.kill()
+        proc.wait(TIMEOUT)
+        # The workers see their lifeline close, finish what they hold, clean
+        # up the dead parent's segments and exit.
+        _, alive = psutil.wait_procs(workers, timeout=TIMEOUT)
+        assert not alive, "workers outlived their killed parent"
+        assert not _leftovers(proc.pid)
+        assert proc.stderr is not None
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait(TIMEOUT)
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()
+        shm.cleanup_prefix(f"bp-{proc.pid}-")
