@@ -6,6 +6,7 @@ Imports nothing from batchpool but ``jobs.batched``.
 
 from __future__ import annotations
 
+import importlib
 import time
 from typing import Any
 
@@ -41,6 +42,13 @@ def square_with_overhead(x: int) -> int:
     """The same work one item at a time: the fixed cost is paid per item."""
     time.sleep(0.0002)
     return x * x
+
+
+def warm_up(seconds: float, modules: tuple[str, ...] = ()) -> None:
+    """Import ``modules`` and hold the worker ``seconds`` (so that every worker gets one)."""
+    for name in modules:
+        importlib.import_module(name)
+    bulk_work(seconds)
 
 
 def bulk_work(seconds: float) -> None:
