@@ -139,6 +139,7 @@ def _loky(workers: int) -> Any:
 EXECUTORS: dict[str, tuple[Callable[[int], Any], str | None]] = {
     # name: (factory, module that must be importable, if any)
     "batchpool-process": (lambda n: BatchPoolExecutor(n), None),
+    "batchpool-pipe": (lambda n: BatchPoolExecutor(n, transport="pipe"), None),
     "batchpool-thread": (lambda n: BatchPoolExecutor(n, backend="thread"), None),
     "batchpool+dashboard": (_with_dashboard, None),
     "ThreadPoolExecutor": (lambda n: ThreadPoolExecutor(n), None),
@@ -336,6 +337,10 @@ _NOT_APPLICABLE = {
     **{
         (workload, "batchpool+dashboard"): "the dashboard's cost is measured on submit and map"
         for workload in ("cpu", "numpy", "batched", "latency")
+    },
+    **{
+        (workload, "batchpool-pipe"): "the transport is compared on submit, map and numpy"
+        for workload in ("cpu", "batched", "latency")
     },
     ("latency", "multiprocessing.Pool"): "no way to submit to it under a flood with a timeout",
     ("numpy", "multiprocessing.Pool"): "covered by ProcessPoolExecutor (same transport)",

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from batchpool import BatchPoolExecutor, WorkerCrashedError
-from batchpool.transport import shm
+from batchpool.transport import ring, shm
 from tests import helpers
 
 np = pytest.importorskip("numpy")
@@ -60,6 +60,16 @@ def test_blocks_are_reused_across_batches() -> None:
         made = len(worker.arena._all)
     assert sums == [float(a.sum()) for a in arrays]
     assert made == 1, f"{made} blocks for 6 arrays sent one after another"
+
+
+def test_in_band_messages_larger_than_the_ring_go_through_both_ways() -> None:
+    # bytes pickle in band: these stream through the 4 MiB rings in pieces.
+    payload = os.urandom(3 * ring.RING_SIZE + 123)
+    with BatchPoolExecutor(max_workers=2) as ex:
+        futures = [ex.submit(helpers.echo, payload) for _ in range(4)]
+        small = ex.submit(helpers.add_one, 1)
+        assert all(f.result(TIMEOUT) == payload for f in futures)
+        assert small.result(TIMEOUT) == 2
 
 
 def test_the_pipe_transport_copies_instead() -> None:
