@@ -117,9 +117,10 @@ class BatchPoolExecutor(Executor):
         thread_name_prefix: name prefix of the thread backend's threads.
         backend: ``"process"`` or ``"thread"``.
         transport: how batches reach worker processes: ``"shm"`` (the
-            default: messages through pipes, buffers of 256 KiB and more, such
-            as numpy arrays, through shared memory without copies) or
-            ``"pipe"`` (everything through pipes).
+            default: messages through shared-memory rings, buffers of 64 KiB
+            and more, such as numpy arrays, through reused shared-memory
+            blocks the worker reads without a copy; Linux, pipes elsewhere)
+            or ``"pipe"`` (everything through pipes).
         max_batch_size: most calls in one batch, or ``"auto"``: batches of up
             to 4096, sized so that one runs about ``target_batch_time``.
             (Plain jobs are always cut to that time once measured; "auto"

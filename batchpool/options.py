@@ -46,9 +46,11 @@ AUTO_MAX_BATCH_SIZE = 4096
 
 BACKENDS = ("process", "thread")
 TRANSPORTS = ("shm", "pipe")
-#: Buffers at least this large travel through shared memory (transport "shm").
-#: Below it, one more copy through the pipe is cheaper than a segment.
-OOB_THRESHOLD = 256 * 1024
+#: Buffers at least this large travel out of band, in shared-memory blocks
+#: (transport "shm"). Measured with float64 arrays, 2 workers (GB/s out of band
+#: vs in band): 16 KiB 0.20 vs 0.60, 32 KiB 0.81 vs 0.63, 64 KiB 1.69 vs 0.65,
+#: 256 KiB 2.80 vs 0.71. The crossover is near 32 KiB; 64 KiB leaves a margin.
+OOB_THRESHOLD = 64 * 1024
 
 
 class Priority(enum.IntEnum):

@@ -29,15 +29,15 @@ __all__ = [
     "dumps_callable",
     "dumps_each",
     "dumps_oob",
-    "frame_oob",
     "lend",
     "loads",
+    "oob_header",
     "unframe_oob",
 ]
 
 PROTOCOL = 5
 _COUNT = struct.Struct("<I")
-_SEGMENT = struct.Struct("<IQH")  # block id (0: a one-shot segment), size, length of the name
+_SEGMENT = struct.Struct("<IQQH")  # block id (0: a one-shot segment), offset, size, length of the name
 
 
 def dumps(obj: object) -> bytes:
@@ -105,37 +105,36 @@ def dumps_oob(obj: object, threshold: int | None) -> tuple[bytes, list[memoryvie
         return data, big
 
 
-def frame_oob(data: bytes, segments: Sequence[tuple[int, int, str]]) -> bytes:
-    """Prefix a pickle with references to its out-of-band buffers.
+def oob_header(segments: Sequence[tuple[int, int, int, str]]) -> bytes:
+    """What goes before a pickle: references to its out-of-band buffers.
 
-    Each reference is (block id, size, name): the block id is 0 for a
+    Each reference is (block id, offset, size, name): the block id is 0 for a
     one-shot segment, and the name may be empty for a block the receiver has
-    mapped before.
+    mapped before. Header and pickle are sent as two parts of one message.
 
     Example:
-        >>> framed = frame_oob(b"pickle", [(0, 10, "seg"), (3, 5, "")])
+        >>> framed = oob_header([(0, 0, 10, "seg"), (3, 64, 5, "")]) + b"pickle"
         >>> data, refs = unframe_oob(memoryview(framed))
         >>> bytes(data), refs
-        (b'pickle', [(0, 10, 'seg'), (3, 5, '')])
+        (b'pickle', [(0, 0, 10, 'seg'), (3, 64, 5, '')])
     """
     parts = [_COUNT.pack(len(segments))]
-    for block_id, size, name in segments:
+    for block_id, offset, size, name in segments:
         encoded = name.encode()
-        parts.append(_SEGMENT.pack(block_id, size, len(encoded)))
+        parts.append(_SEGMENT.pack(block_id, offset, size, len(encoded)))
         parts.append(encoded)
-    parts.append(data)
     return b"".join(parts)
 
 
-def unframe_oob(view: memoryview) -> tuple[memoryview, list[tuple[int, int, str]]]:
-    """Split what ``frame_oob`` made into the pickle and the buffer references."""
+def unframe_oob(view: memoryview) -> tuple[memoryview, list[tuple[int, int, int, str]]]:
+    """Split ``oob_header(...) + pickle`` into the pickle and the buffer references."""
     (count,) = _COUNT.unpack_from(view)
     offset = _COUNT.size
     segments = []
     for _ in range(count):
-        block_id, size, length = _SEGMENT.unpack_from(view, offset)
+        block_id, at, size, length = _SEGMENT.unpack_from(view, offset)
         offset += _SEGMENT.size
-        segments.append((block_id, size, bytes(view[offset : offset + length]).decode()))
+        segments.append((block_id, at, size, bytes(view[offset : offset + length]).decode()))
         offset += length
     return view[offset:], segments
 

@@ -92,11 +92,11 @@ _threshold: int | None = None
 _blocks = shm.BlockCache()
 
 
-def _pack(obj: object) -> bytes:
-    """Pickle ``obj``, its large buffers in shared-memory segments (framed)."""
+def _pack(obj: object) -> tuple[bytes, bytes]:
+    """Pickle ``obj``, its large buffers in shared-memory segments: (header, pickle)."""
     data, big = serialization.dumps_oob(obj, _threshold if _segments is not None else None)
-    segments = [(0, buf.nbytes, _segments.put(buf)) for buf in big] if _segments is not None else []
-    return serialization.frame_oob(data, segments)
+    segments = [(0, 0, buf.nbytes, _segments.put(buf)) for buf in big] if _segments is not None else []
+    return serialization.oob_header(segments), data
 
 
 _Lent = list[tuple[int, memoryview, Any]]
@@ -110,9 +110,9 @@ def unpack(view: memoryview, lent: _Lent | None = None) -> Any:
     """
     data, segments = serialization.unframe_oob(view)
     buffers: list[Any] = []
-    for block_id, size, name in segments:
+    for block_id, offset, size, name in segments:
         if block_id:
-            block_view = _blocks.view(block_id, name, size)
+            block_view = _blocks.view(block_id, name, offset, size)
             # Handed over wrapped: every view made of a PickleBuffer is an
             # export of ``block_view`` itself (a view made of a memoryview
             # is not), so ``block_view.release()`` later tells whether any
@@ -128,20 +128,21 @@ def unpack(view: memoryview, lent: _Lent | None = None) -> Any:
 
 def _pinned(lent: _Lent) -> list[int]:
     """Blocks an object still holds a view of (the job stored its argument)."""
-    pinned = []
+    pinned: list[int] = []
     for block_id, view, wrapper in lent:
         wrapper.release()
         try:
             view.release()
         except BufferError:
-            pinned.append(block_id)
+            if block_id not in pinned:
+                pinned.append(block_id)
     _blocks.forget(pinned)  # the live views keep their mappings; never reused
     return pinned
 
 
-def encode_batch(batch_id: int, kind: int, fn_blob: bytes, calls_blob: bytes) -> bytes:
-    """Frame one batch for the wire (the callable and calls already pickled)."""
-    return b"".join((_BATCH_HEADER.pack(MSG_BATCH, batch_id, kind, len(fn_blob)), fn_blob, calls_blob))
+def encode_batch(batch_id: int, kind: int, fn_blob: bytes, oob_header: bytes, calls_blob: bytes) -> tuple[bytes, ...]:
+    """One batch for the wire, as the parts of one message (the callable and calls already pickled)."""
+    return (_BATCH_HEADER.pack(MSG_BATCH, batch_id, kind, len(fn_blob)), fn_blob, oob_header, calls_blob)
 
 
 def run_chunk(
@@ -207,18 +208,19 @@ def run_batched(
 
 def _encode_outcome(
     batch_id: int, start: int, values: list[Any], errors: dict[int, Any], run_time: float, final: bool
-) -> bytes:
+) -> tuple[bytes, ...]:
+    """An ``R`` message, as the parts of one message."""
     # The header stays outside the pickle: if the parent cannot unpickle the
     # payload it still knows which jobs to fail.
     header = _OUTCOME_HEADER.pack(MSG_OUTCOME, batch_id, start, len(values), final, run_time)
     try:
-        return header + _pack((values, errors))
+        return (header, *_pack((values, errors)))
     except BaseException:  # noqa: BLE001 - SystemExit in __reduce__ must not kill us
         pass
-    return header + _pack(_make_picklable(values, errors))
+    return (header, *_pack(_make_picklable(values, errors)))
 
 
-def parse_outcome(message: bytes | memoryview) -> tuple[int, int, int, bool, float, memoryview]:
+def parse_outcome(message: bytes | bytearray | memoryview) -> tuple[int, int, int, bool, float, memoryview]:
     """Split an ``R`` message into batch id, start, count, final, run time, payload."""
     _, batch_id, start, count, final, run_time = _OUTCOME_HEADER.unpack_from(message)
     return batch_id, start, count, bool(final), run_time, memoryview(message)[_OUTCOME_HEADER.size :]
@@ -247,7 +249,7 @@ def _make_picklable(values: list[Any], errors: dict[int, Any]) -> tuple[list[Any
     return values, errors
 
 
-def _run_batch(channel: Any, batch_id: int, kind: int, fn: Callable[..., Any], calls: list[Any]) -> bytes:
+def _run_batch(channel: Any, batch_id: int, kind: int, fn: Callable[..., Any], calls: list[Any]) -> tuple[bytes, ...]:
     """Run a batch, streaming partial outcomes; return the final outcome, unsent."""
     if kind in BATCHED_KINDS:
         t0 = time.perf_counter()
@@ -270,14 +272,14 @@ def _run_batch(channel: Any, batch_id: int, kind: int, fn: Callable[..., Any], c
             values.append(None)
         now = time.perf_counter()
         if now - t_sent > STREAM_INTERVAL and i < last:
-            channel.send(_encode_outcome(batch_id, start, values, errors, now - t0, False))
+            channel.send(*_encode_outcome(batch_id, start, values, errors, now - t0, False))
             start += len(values)
             values, errors = [], {}
             t_sent = now
     return _encode_outcome(batch_id, start, values, errors, time.perf_counter() - t0, True)
 
 
-def _handle_batch(channel: Any, message: bytes | memoryview) -> int:
+def _handle_batch(channel: Any, message: bytes | bytearray | memoryview) -> int:
     _, batch_id, kind, fn_len = _BATCH_HEADER.unpack_from(message)
     start = _BATCH_HEADER.size
     view = memoryview(message)
@@ -300,7 +302,7 @@ def _handle_batch(channel: Any, message: bytes | memoryview) -> int:
     pinned = _pinned(lent)
     if pinned:
         channel.send(MSG_PINNED + serialization.dumps(pinned))
-    channel.send(final)
+    channel.send(*final)
     return count
 
 

@@ -402,20 +402,20 @@ class ProcessBackend(Backend):
             self._resend.appendleft(Batch(batch.jobs[half:], batch.reason, batch.timing_key))
             self._resend.appendleft(Batch(batch.jobs[:half], batch.reason, batch.timing_key))
             return
-        refs: list[tuple[int, int, str]] = []
+        refs: list[tuple[int, int, int, str]] = []
         if big:
             assert arena is not None
             try:
-                for buf in big:
-                    block = arena.put(buf)
-                    batch.blocks.append(block)
-                    refs.append((block.id, buf.nbytes, "" if block.shown else block.name))
-                    block.shown = True
-            except OSError as exc:  # /dev/shm full: fail this batch, keep the pool
-                self._release(worker, batch)
-                fail_jobs(batch.jobs, exc, self.metrics)
-                return
-        calls_blob = serialization.frame_oob(calls_blob, refs)
+                block, offsets = arena.put(big)
+            except OSError as exc:
+                # /dev/shm is full (or gone): slower, but the jobs run.
+                logger.warning("no shared memory for a batch (%s); it goes through the ring", exc)
+                calls_blob, _, _ = serialization.dumps_each([(j.args, j.kwargs) for j in batch.jobs], None)
+            else:
+                batch.blocks.append(block)
+                name = "" if block.shown else block.name
+                block.shown = True
+                refs = [(block.id, offset, buf.nbytes, name) for buf, offset in zip(big, offsets, strict=True)]
         batch.worker = worker
         batch.mark_dispatched()
         self.metrics.batch_sent(len(batch.jobs), batch.reason, batch.t_dispatch - batch.mean_submit)
@@ -425,7 +425,7 @@ class ProcessBackend(Backend):
         if timeout is not None:
             worker.timed = batch.id
             heapq.heappush(self._deadlines, (time.monotonic() + timeout, batch.id, worker.id))
-        worker.channel.send(encode_batch(batch.id, batch.kind, fn_blob, calls_blob))
+        worker.channel.send(*encode_batch(batch.id, batch.kind, fn_blob, serialization.oob_header(refs), calls_blob))
         self._watch_output(worker)
 
     def _watch_output(self, worker: _Worker) -> None:

@@ -1,6 +1,8 @@
 """The transport interface: a message channel between the parent and a worker.
 
-Messages are whole ``bytes`` objects; framing is the transport's business.
+A message is sent as one or more parts (sent back to back, received as one
+message: large pickles need not be joined into one more copy first); framing
+is the transport's business.
 The parent side never blocks on a send (its one manager thread also has to
 read results and watch sentinels, and a blocking send to a worker that is
 itself blocked sending results would deadlock both), so ``send`` queues what
@@ -14,7 +16,7 @@ import selectors
 from typing import Any, TypeAlias
 
 #: A message as a channel hands it over: bytes, or a view of a larger read.
-Message: TypeAlias = "bytes | memoryview"
+Message: TypeAlias = "bytes | bytearray | memoryview"
 
 
 class Channel(abc.ABC):
@@ -24,8 +26,8 @@ class Channel(abc.ABC):
     writable_event = selectors.EVENT_WRITE
 
     @abc.abstractmethod
-    def send(self, data: bytes) -> None:
-        """Queue one message for the worker; never blocks."""
+    def send(self, *parts: Message) -> None:
+        """Queue one message, the concatenation of ``parts``, for the worker; never blocks."""
 
     @abc.abstractmethod
     def flush(self) -> bool:
@@ -82,5 +84,5 @@ class WorkerChannel(abc.ABC):
         """
 
     @abc.abstractmethod
-    def send(self, data: bytes) -> None:
-        """Send one message to the parent (may block until it reads)."""
+    def send(self, *parts: Message) -> None:
+        """Send one message, the concatenation of ``parts``, to the parent (may block until it reads)."""

@@ -15,7 +15,7 @@ import struct
 from collections import deque
 from typing import Any
 
-from .base import Channel, WorkerChannel
+from .base import Channel, Message, WorkerChannel
 
 __all__ = ["PipeChannel", "PipeTransport", "PipeWorkerChannel"]
 
@@ -23,13 +23,12 @@ _HEADER = struct.Struct("!i")
 _BIG_HEADER = struct.Struct("!iQ")  # length -1, then a 64-bit length
 
 
-def _frame(data: bytes) -> list[bytes | memoryview]:
-    n = len(data)
-    if n > 0x7FFFFFFF:
-        return [_BIG_HEADER.pack(-1, n), data]
+def _frame(parts: tuple[Message, ...]) -> list[Message]:
+    n = sum(memoryview(part).nbytes for part in parts)
+    header = _BIG_HEADER.pack(-1, n) if n > 0x7FFFFFFF else _HEADER.pack(n)
     if n <= 16384:
-        return [_HEADER.pack(n) + data]  # one write for small messages
-    return [_HEADER.pack(n), data]
+        return [b"".join((header, *parts))]  # one write for small messages
+    return [header, *parts]
 
 
 class PipeChannel(Channel):
@@ -43,9 +42,9 @@ class PipeChannel(Channel):
         self._out: deque[memoryview] = deque()
         self._closed = False
 
-    def send(self, data: bytes) -> None:
-        for part in _frame(data):
-            self._out.append(memoryview(part))
+    def send(self, *parts: Message) -> None:
+        for part in _frame(parts):
+            self._out.append(memoryview(part).cast("B"))
         self.flush()
 
     def flush(self) -> bool:
@@ -117,8 +116,8 @@ class PipeWorkerChannel(WorkerChannel):
         data: bytes = self._task_r.recv_bytes()
         return data
 
-    def send(self, data: bytes) -> None:
-        self._result_w.send_bytes(data)
+    def send(self, *parts: Message) -> None:
+        self._result_w.send_bytes(parts[0] if len(parts) == 1 else b"".join(parts))
 
 
 class PipeTransport:

@@ -267,60 +267,74 @@ def _rebuild_lifeline(dup: Any) -> Lifeline:
 class Frames:
     """Cuts a byte stream into length-prefixed messages.
 
+    A message that arrives whole within one chunk is handed out as a view of
+    that chunk (no copy); one that spans chunks is copied once, into a buffer
+    of its final size.
+
     Example:
         >>> frames = Frames()
-        >>> stream = b"".join(Frames.frame(m)[0] for m in (b"ab", b"cde"))
+        >>> stream = b"".join(b"".join(map(bytes, Frames.frame((m,)))) for m in (b"ab", b"cde"))
         >>> frames.feed(stream[:5]); frames.feed(stream[5:])
         >>> [bytes(m) for m in (frames.pop(), frames.pop())]
         [b'ab', b'cde']
     """
 
     def __init__(self) -> None:
-        self._ready: deque[memoryview | bytes] = deque()
-        self._partial = bytearray()  # the start of a message not complete yet
+        self._ready: deque[memoryview] = deque()
+        self._header = bytearray()  # a length header split between chunks
+        self._body: bytearray | None = None  # a message split between chunks
+        self._filled = 0
 
     @staticmethod
-    def frame(message: bytes | memoryview) -> list[bytes | memoryview]:
-        """The pieces to write for one message."""
-        header = _LENGTH.pack(len(message))
-        if len(message) <= _JOIN_LIMIT:
-            return [header + message]
-        return [header, message]
+    def frame(parts: tuple[Message, ...]) -> list[Message]:
+        """The pieces to write for one message made of ``parts``."""
+        length = sum(memoryview(part).nbytes for part in parts)
+        header = _LENGTH.pack(length)
+        if length <= _JOIN_LIMIT:
+            return [b"".join((header, *parts))]
+        return [header, *parts]
 
     def feed(self, chunk: bytes) -> None:
         """Take the next bytes of the stream."""
-        if self._partial:
-            self._partial += chunk
-            data = memoryview(bytes(self._partial)) if self._complete(self._partial) else None
-            if data is None:
-                return
-            self._partial = bytearray()
-        else:
-            data = memoryview(chunk)
-        offset = 0
-        end = len(data)
-        while end - offset >= _LENGTH.size:
-            (length,) = _LENGTH.unpack_from(data, offset)
-            stop = offset + _LENGTH.size + length
-            if stop > end:
-                break
-            self._ready.append(data[offset + _LENGTH.size : stop])
-            offset = stop
-        if offset < end:
-            self._partial += data[offset:]
+        data = memoryview(chunk)
+        pos, end = 0, len(data)
+        while pos < end:
+            if self._body is not None:
+                take = min(end - pos, len(self._body) - self._filled)
+                self._body[self._filled : self._filled + take] = data[pos : pos + take]
+                self._filled += take
+                pos += take
+                if self._filled == len(self._body):
+                    self._ready.append(memoryview(self._body))
+                    self._body = None
+            elif self._header or end - pos < _LENGTH.size:
+                take = min(end - pos, _LENGTH.size - len(self._header))
+                self._header += data[pos : pos + take]
+                pos += take
+                if len(self._header) == _LENGTH.size:
+                    self._start(_LENGTH.unpack(self._header)[0])
+                    self._header.clear()
+            else:
+                length: int = _LENGTH.unpack_from(data, pos)[0]
+                pos += _LENGTH.size
+                if end - pos >= length:
+                    self._ready.append(data[pos : pos + length])
+                    pos += length
+                else:
+                    self._start(length)
 
-    @staticmethod
-    def _complete(buf: bytearray) -> bool:
-        """True when ``buf`` holds at least one whole message."""
-        if len(buf) < _LENGTH.size:
-            return False
-        length: int = _LENGTH.unpack_from(buf)[0]
-        return len(buf) >= _LENGTH.size + length
+    def _start(self, length: int) -> None:
+        """A message of ``length`` bytes begins; its bytes come in later chunks."""
+        if length:
+            self._body = bytearray(length)
+            self._filled = 0
+        else:
+            self._ready.append(memoryview(b""))
 
     def __bool__(self) -> bool:
         return bool(self._ready)
 
-    def pop(self) -> memoryview | bytes:
+    def pop(self) -> memoryview:
         """The next complete message (IndexError when none is)."""
         return self._ready.popleft()
 
@@ -332,8 +346,8 @@ class _Sender:
         self.ring = ring
         self.queue: deque[memoryview] = deque()
 
-    def add(self, message: bytes | memoryview) -> None:
-        for piece in Frames.frame(message):
+    def add(self, parts: tuple[Message, ...]) -> None:
+        for piece in Frames.frame(parts):
             self.queue.append(memoryview(piece).cast("B"))
 
     def flush(self) -> bool:
@@ -368,8 +382,8 @@ class RingChannel(Channel):
         self._in = Frames()
         self._closed = False
 
-    def send(self, data: bytes) -> None:
-        self._out.add(data)
+    def send(self, *parts: Message) -> None:
+        self._out.add(parts)
         self._out.flush()
 
     def flush(self) -> bool:
@@ -462,8 +476,8 @@ class RingWorkerChannel(WorkerChannel):
                 return None
         return self._in.pop()
 
-    def send(self, data: bytes) -> None:
-        self._out.add(data)
+    def send(self, *parts: Message) -> None:
+        self._out.add(parts)
         while not self._out.flush():
             self._wait(self._space_bell, None)
 

@@ -92,11 +92,14 @@ def test_parent_memory_does_not_double_for_a_large_payload() -> None:
     assert grown < 2 * arr.nbytes, f"parent RSS grew by {grown / 2**20:.0f} MiB for a 64 MiB array"
 
 
-def test_large_results_come_back_through_shared_memory() -> None:
+def test_large_results_come_back_through_shared_memory_as_arrays_of_your_own() -> None:
     with BatchPoolExecutor(max_workers=1) as ex:
         result = ex.submit(helpers.make_array, MB64 // 8).result(TIMEOUT)
-    assert result.sum() == MB64 // 8
-    assert not result.flags.owndata and not result.flags.writeable
+        small = ex.submit(helpers.make_array, 2**14).result(TIMEOUT)
+        assert helpers.array_mapping(result).startswith(f"{shm.SHM_DIR}/bp-{os.getpid()}-")
+    assert result.sum() == MB64 // 8 and small.sum() == 2**14
+    result[0] = small[0] = 5.0  # writeable, as from any pool: copy-on-write pages
+    assert result.sum() == MB64 // 8 + 4 and small.sum() == 2**14 + 4
     assert not _ours(), "the parent unlinks a result segment once it has mapped it"
 
 

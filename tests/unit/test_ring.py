@@ -41,7 +41,7 @@ def _through(messages: list[bytes], capacity: int) -> list[bytes]:
         sender = ring._Sender(r)
         frames = Frames()
         for message in messages:
-            sender.add(message)
+            sender.add((message,))
         received: list[bytes] = []
         for _ in range(100_000):
             _pump(sender, r, frames)
@@ -118,6 +118,20 @@ def test_a_message_the_size_of_the_ring_or_larger_goes_through(size: int) -> Non
     assert _through([message, b"after"], capacity=256) == [message, b"after"]
 
 
+def test_frames_reassemble_messages_cut_anywhere() -> None:
+    messages = [b"", b"a", os.urandom(300), b"", os.urandom(17)]
+    stream = b"".join(b"".join(map(bytes, Frames.frame((m[:5], m[5:])))) for m in messages)
+    for cut in range(len(stream) + 1):
+        for second in (cut, (cut + len(stream)) // 2):
+            frames = Frames()
+            for piece in (stream[:cut], stream[cut:second], stream[second:]):
+                frames.feed(piece)
+            got = []
+            while frames:
+                got.append(bytes(frames.pop()))
+            assert got == messages, f"cut at {cut} and {second}"
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.binary(max_size=700), max_size=30), st.integers(min_value=16, max_value=512))
 def test_any_messages_arrive_whole_and_in_order(messages: list[bytes], capacity: int) -> None:
@@ -150,7 +164,7 @@ def recv_forever(end: Any) -> None:
 def write_half_and_hang(end: Any) -> None:
     """Starts a message larger than the ring, then stops dead (to be killed)."""
     channel = RingWorkerChannel(end)
-    channel._out.add(b"x" * 10_000)
+    channel._out.add((b"x" * 10_000,))
     channel._out.flush()
     time.sleep(TIMEOUT)
 
