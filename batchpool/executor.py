@@ -682,6 +682,10 @@ def _map_results(
             values, errors = chunk
             del chunk
             values.reverse()
+            if not errors:  # the common case, without a lookup per item
+                while values:
+                    yield values.pop()
+                continue
             for i in range(len(values)):
                 if i in errors:
                     raise errors[i]
