@@ -442,6 +442,9 @@ class RingChannel(Channel):
 class RingWorkerChannel(WorkerChannel):
     """Worker end: blocking waits on a doorbell and the lifeline together."""
 
+    #: How often a wait with no timeout also checks the parent pid.
+    PARENT_CHECK = 1.0
+
     def __init__(self, end: Any) -> None:
         self._tasks, self._results, lifeline = end
         # With fork the rings came as they were, descriptors and all.
@@ -449,6 +452,7 @@ class RingWorkerChannel(WorkerChannel):
         self._results.close_memfd()
         lifeline.detach_inherited()
         self._life = lifeline.fd
+        self._parent = os.getppid()
         self._in = Frames()
         self._out = _Sender(self._results)
         self._task_bell = self._poller(self._tasks.data)
@@ -462,10 +466,17 @@ class RingWorkerChannel(WorkerChannel):
 
     def _wait(self, poller: Any, timeout: float | None) -> bool:
         """Sleep until the doorbell rings or ``timeout`` passes; EOFError if the parent died."""
-        events = poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
-        if any(fd == self._life for fd, _ in events):
-            raise EOFError("the parent process is gone")
-        return bool(events)
+        while True:
+            wait = self.PARENT_CHECK if timeout is None else timeout
+            events = poller.poll(max(0, math.ceil(wait * 1000)))
+            if any(fd == self._life for fd, _ in events):
+                raise EOFError("the parent process is gone")
+            if events or timeout is not None:
+                return bool(events)
+            # With fork, workers started later hold copies of this lifeline's
+            # write end, so it may never see EOF; the parent pid still tells.
+            if os.getppid() != self._parent:
+                raise EOFError("the parent process is gone")
 
     def recv(self, timeout: float | None) -> Message | None:
         while not self._in:
