@@ -148,12 +148,23 @@ class Ring:
         self.capacity = capacity
         if _attach is None:
             self._memfd = os.memfd_create("batchpool-ring", os.MFD_CLOEXEC)
-            os.ftruncate(self._memfd, capacity)
-            self.data = Doorbell()
-            self.space = Doorbell()
+            try:
+                os.ftruncate(self._memfd, capacity)
+                self.data = Doorbell()
+                self.space = Doorbell()
+            except BaseException:
+                os.close(self._memfd)
+                raise
         else:
             self._memfd, self.data, self.space = _attach
-        self._mem = mmap.mmap(self._memfd, capacity)
+        try:
+            self._mem = mmap.mmap(self._memfd, capacity)
+        except BaseException:
+            self._closed = True
+            self.close_memfd()
+            self.data.close()
+            self.space.close()
+            raise
         self._closed = False
         self._written = 0  # producer: bytes written in all
         self._unpublished = 0  # producer: written but not yet announced
