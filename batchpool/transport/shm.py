@@ -121,6 +121,8 @@ def _as_bytes(data: memoryview) -> memoryview:
 
 
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+# Python 3.13+: a mapping need not hold a duplicate of its file descriptor.
+_NO_FD: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 _ALIGN = 64
 _block_names = itertools.count()  # unique in this process, over all arenas
 
@@ -155,7 +157,7 @@ class Block:
             written = 0
             while written < view.nbytes:
                 written += os.pwrite(self.fd, view[written:], offset + written)
-        self.mem = mmap.mmap(self.fd, self.size, flags=mmap.MAP_SHARED | _POPULATE)
+        self.mem = mmap.mmap(self.fd, self.size, flags=mmap.MAP_SHARED | _POPULATE, **_NO_FD)
         os.close(self.fd)
         self.fd = -1
 
@@ -290,7 +292,7 @@ class BlockCache:
         if region is None:
             fd = os.open(os.path.join(SHM_DIR, name), os.O_RDONLY)
             try:
-                region = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                region = mmap.mmap(fd, 0, access=mmap.ACCESS_READ, **_NO_FD)
             finally:
                 os.close(fd)
                 unlink(name)
@@ -313,8 +315,6 @@ class BlockCache:
 #: as long as it lives, and a caller keeping thousands of results would run
 #: out of them. Above it, a mapping saves a copy worth more than a descriptor.
 MAP_THRESHOLD = 2**20
-# Python 3.13+: a mapping need not keep a descriptor.
-_NO_FD: dict[str, bool] = {"trackfd": False} if sys.version_info >= (3, 13) else {}
 
 
 def open_segment(name: str, size: int) -> memoryview:
