@@ -1,7 +1,10 @@
 """How bytes travel between the parent and one worker process.
 
-``base`` is the interface; ``pipe`` is the implementation over OS pipes.
-Only the process backend uses this package; it imports nothing above it.
+``base`` is the channel interface; ``ring`` implements it with shared-memory
+rings and eventfd doorbells (the default, Linux), ``pipe`` with OS pipes
+(everywhere, and ``transport="pipe"``); ``shm`` holds the segments large
+buffers travel in, out of band. Only the process backend uses this package;
+it imports nothing above it.
 """
 
 from .base import Channel as Channel
