@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import psutil
 import pytest
@@ -90,3 +91,18 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path: object) -> None:
         proc.wait(TIMEOUT)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_an_idle_pool_uses_no_cpu() -> None:
+    # Every wait is a sleep on a descriptor (doorbells, sentinels, the
+    # lifeline), in the parent's manager thread and in the workers alike.
+    me = psutil.Process()
+    with BatchPoolExecutor(max_workers=2) as ex:
+        futures = [ex.submit(helpers.sleep_and_return, 0.1, i) for i in range(4)]
+        assert [f.result(TIMEOUT) for f in futures] == [0, 1, 2, 3]
+        workers = [psutil.Process(p.pid) for p in ex._processes.values()]
+        everyone = [me, *workers]
+        before = [sum(p.cpu_times()[:2]) for p in everyone]
+        time.sleep(1.0)  # the measured interval, not a synchronisation
+        spent = [sum(p.cpu_times()[:2]) - b for p, b in zip(everyone, before, strict=True)]
+    assert max(spent) < 0.05, f"CPU seconds in 1 s of idling (parent, workers): {spent}"
