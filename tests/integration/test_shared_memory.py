@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -70,6 +71,21 @@ def test_in_band_messages_larger_than_the_ring_go_through_both_ways() -> None:
         small = ex.submit(helpers.add_one, 1)
         assert all(f.result(TIMEOUT) == payload for f in futures)
         assert small.result(TIMEOUT) == 2
+
+
+def test_a_full_dev_shm_sends_the_batch_through_the_ring_instead(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def full(self: shm.Arena, buffers: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shm.Arena, "put", full)
+    arr = np.arange(MB64 // 8, dtype=np.float64)
+    with BatchPoolExecutor(max_workers=1) as ex:
+        owns, writeable, total = ex.submit(helpers.describe_array, arr).result(TIMEOUT)
+    assert total == float(arr.sum())
+    assert owns or writeable, "an ordinary unpickled copy, not a view of shared memory"
+    assert "no shared memory for a batch" in caplog.text
 
 
 def test_the_pipe_transport_copies_instead() -> None:
