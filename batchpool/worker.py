@@ -292,18 +292,24 @@ def _handle_batch(channel: Any, message: bytes | bytearray | memoryview) -> int:
     try:
         calls = unpack(view[start + fn_len :], lent)
     except BaseException as exc:  # noqa: BLE001 - the parent splits the batch to find the bad job
-        channel.send(MSG_SPLIT + serialization.dumps((batch_id, ExceptionWithTraceback(exc), False)))
-        _pinned(lent)
+        error = ExceptionWithTraceback(exc)  # drops the traceback, and the frames holding views
+        _report_pinned(channel, lent)
+        channel.send(MSG_SPLIT + serialization.dumps((batch_id, error, False)))
         return 0
     del view, message
     count = len(calls)
     final = _run_batch(channel, batch_id, kind, fn, calls)
     del calls  # the arguments, and with them the views of the blocks they came in
+    _report_pinned(channel, lent)
+    channel.send(*final)
+    return count
+
+
+def _report_pinned(channel: Any, lent: _Lent) -> None:
+    """Tell the parent which blocks are still in use, before it settles (and reuses) them."""
     pinned = _pinned(lent)
     if pinned:
         channel.send(MSG_PINNED + serialization.dumps(pinned))
-    channel.send(*final)
-    return count
 
 
 def worker_main(spec: WorkerSpec) -> None:
