@@ -275,3 +275,8 @@ def keep_array(arr: Any) -> float:
 def kept_sums(_: Any = None) -> list[float]:
     """The sums of the arrays ``keep_array`` stored, as they read now."""
     return [float(a.sum()) for a in _kept]
+
+
+def sums(*arrays: Any) -> list[float]:
+    """The sum of each array argument."""
+    return [float(a.sum()) for a in arrays]

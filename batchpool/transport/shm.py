@@ -297,7 +297,7 @@ class BlockCache:
                 os.close(fd)
                 unlink(name)
             self._maps[block_id] = region
-        return memoryview(region)[:size]
+        return memoryview(region)[offset : offset + size]
 
     def forget(self, block_ids: Iterable[int]) -> None:
         """Unmap blocks (views still alive keep their memory mapped)."""

@@ -40,6 +40,15 @@ def test_the_worker_reads_the_array_from_a_pool_segment_not_a_copy() -> None:
     assert mapping.startswith(f"{shm.SHM_DIR}/bp-{os.getpid()}-"), mapping
 
 
+def test_buffers_sharing_a_block_each_arrive_whole() -> None:
+    # One batch's buffers go back to back into one block, at aligned offsets.
+    arrays = [np.full(n, float(k + 1)) for k, n in enumerate((100_000, 8_193, 250_001, 65_536))]
+    with BatchPoolExecutor(max_workers=1) as ex:
+        assert ex.submit(helpers.sums, *arrays).result(TIMEOUT) == [float(a.sum()) for a in arrays]
+        futures = [ex.submit(helpers.sums, a, a[::-1].copy()) for a in arrays * 3]
+        assert [f.result(TIMEOUT) for f in futures] == [[float(a.sum())] * 2 for a in arrays * 3]
+
+
 def test_a_job_that_keeps_its_argument_keeps_what_it_was_sent() -> None:
     # Blocks are reused from batch to batch; one the job still holds a view
     # of must never be written again.

@@ -100,6 +100,17 @@ def test_close_unlinks_every_block(arena: shm.Arena) -> None:
     assert not _names()
 
 
+def test_the_worker_reads_each_buffer_at_its_offset(arena: shm.Arena) -> None:
+    cache = shm.BlockCache()
+    parts = [b"a" * 70_000, b"b" * 3, b"c" * 5000]
+    block, offsets = arena.put([memoryview(p) for p in parts])
+    views = [cache.view(block.id, block.name, o, len(p)) for p, o in zip(parts, offsets, strict=True)]
+    assert [bytes(v) for v in views] == parts
+    for view in views:
+        view.release()
+    cache.forget([block.id])
+
+
 def test_the_worker_maps_a_block_once_and_reads_what_the_parent_wrote(arena: shm.Arena) -> None:
     cache = shm.BlockCache()
     block = _put(arena, b"first" * 20_000)
