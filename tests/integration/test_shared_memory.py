@@ -49,6 +49,29 @@ def test_buffers_sharing_a_block_each_arrive_whole() -> None:
         assert [f.result(TIMEOUT) for f in futures] == [[float(a.sum())] * 2 for a in arrays * 3]
 
 
+def test_a_batch_over_its_shared_memory_budget_is_split_and_every_job_runs() -> None:
+    arrays = [np.full(2**19, float(k)) for k in range(12)]  # 4 MiB each, batches up to 8 MiB
+    with BatchPoolExecutor(max_workers=1) as ex:
+        gate = ex.submit(helpers.sleep_and_return, 0.3, None)  # the rest queue up behind it
+        futures = [ex.submit(helpers.sums, a) for a in arrays]
+        gate.result(TIMEOUT)
+        assert [f.result(TIMEOUT) for f in futures] == [[float(a.sum())] for a in arrays]
+        sent = ex.stats().to_dict()["batches"]
+    assert sent >= 1 + 6, f"12 jobs of 4 MiB went in {sent - 1} batches; at most 2 fit in 8 MiB"
+
+
+def test_blocks_let_go_are_unmapped_by_the_worker_and_work_goes_on() -> None:
+    # Twelve size classes: more free blocks than an arena keeps, so the
+    # oldest are let go (and the worker told to unmap them) along the way.
+    arrays = [np.ones(2**k) for k in range(14, 26)]
+    with BatchPoolExecutor(max_workers=1) as ex:
+        for _ in range(2):
+            assert [ex.submit(helpers.sums, a).result(TIMEOUT) for a in arrays] == [[float(a.size)] for a in arrays]
+        worker = next(iter(ex._backend._workers.values()))
+        assert worker.arena is not None
+        assert len(worker.arena._free) <= shm.Arena.MAX_FREE
+
+
 def test_a_job_that_keeps_its_argument_keeps_what_it_was_sent() -> None:
     # Blocks are reused from batch to batch; one the job still holds a view
     # of must never be written again.
