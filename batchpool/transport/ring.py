@@ -173,14 +173,14 @@ class Ring:
 
     # -- producer side -----------------------------------------------------------
 
-    def free(self, wanted: int | None = None) -> int:
+    def free(self, wanted: int) -> int:
         """Bytes the producer may write now.
 
-        The space doorbell is only read when fewer than ``wanted`` bytes (by
-        default the whole ring) are known to be free: a syscall saved per write.
+        The space doorbell is only read when fewer than ``wanted`` bytes are
+        known to be free: a syscall saved per write.
         """
         free = self.capacity - (self._written - self._freed)
-        if free < (self.capacity if wanted is None else wanted):
+        if free < wanted:
             self._freed += self.space.take()
             free = self.capacity - (self._written - self._freed)
         return free

@@ -349,12 +349,6 @@ def unlink(name: str) -> None:
         pass
 
 
-def unlink_all(names: Iterable[str]) -> None:
-    """Remove several segment names."""
-    for name in names:
-        unlink(name)
-
-
 def cleanup_prefix(prefix: str) -> int:
     """Unlink every segment whose name starts with ``prefix``; return how many."""
     if not available():

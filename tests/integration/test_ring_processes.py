@@ -11,6 +11,8 @@ import select
 import selectors
 import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import psutil
@@ -54,11 +56,20 @@ def write_half_and_hang(end: Any) -> None:
     time.sleep(TIMEOUT)
 
 
-def _start(target: Any, channel: RingChannel) -> Any:
+@contextmanager
+def _worker(target: Any, capacity: int = 4096) -> Iterator[tuple[RingChannel, Any]]:
+    """A channel and a spawned process running ``target`` on its worker end; both gone after."""
+    channel = RingChannel(capacity=capacity)
     process = SPAWN.Process(target=target, args=(channel.worker_end(),))
     process.start()
     channel.after_start()
-    return process
+    try:
+        yield channel, process
+    finally:
+        if process.is_alive():
+            process.kill()
+            process.join(TIMEOUT)
+        channel.close()
 
 
 def _exchange(channel: RingChannel, messages: list[bytes]) -> list[bytes]:
@@ -90,24 +101,15 @@ def test_a_producer_and_a_consumer_process_exchange_messages_of_every_size() -> 
     rng = random.Random(3)
     sizes = [0, 1, 4096 - 8, 4096, 3 * 4096 + 5] + [rng.randrange(0, 9000) for _ in range(300)]
     messages = [rng.randbytes(size) for size in sizes]
-    channel = RingChannel(capacity=4096)
-    process = _start(echo_worker, channel)
-    try:
+    with _worker(echo_worker) as (channel, process):
         assert _exchange(channel, messages) == messages
         channel.send(b"stop")
         process.join(TIMEOUT)
         assert process.exitcode == 0
-    finally:
-        if process.is_alive():
-            process.kill()
-            process.join(TIMEOUT)
-        channel.close()
 
 
 def test_a_waiting_reader_uses_no_cpu_and_sees_the_parent_go() -> None:
-    channel = RingChannel(capacity=4096)
-    process = _start(recv_forever, channel)
-    try:
+    with _worker(recv_forever) as (channel, process):
         worker = psutil.Process(process.pid)
         readable, _, _ = select.select([channel.readable_fd], [], [], TIMEOUT)
         assert readable and channel.poll() and bytes(channel.recv()) == b"waiting"
@@ -118,36 +120,17 @@ def test_a_waiting_reader_uses_no_cpu_and_sees_the_parent_go() -> None:
         channel.close()  # the lifeline's write end goes: EOF over there
         process.join(TIMEOUT)
         assert process.exitcode == 17
-    finally:
-        if process.is_alive():
-            process.kill()
-            process.join(TIMEOUT)
-        channel.close()
 
 
 def test_a_writer_killed_mid_message_leaves_nothing_to_read() -> None:
-    channel = RingChannel(capacity=4096)
-    process = _start(write_half_and_hang, channel)
-    try:
+    with _worker(write_half_and_hang) as (channel, process):
         readable, _, _ = select.select([channel.readable_fd], [], [], TIMEOUT)
         assert readable, "the writer never wrote"
         assert not channel.poll()  # takes in the first 4096 bytes: not a whole message
         os.kill(process.pid, signal.SIGKILL)
         process.join(TIMEOUT)
         assert not channel.poll(), "half a message must never be handed over"
-    finally:
-        if process.is_alive():
-            process.kill()
-            process.join(TIMEOUT)
-        channel.close()
-    fresh = RingChannel(capacity=4096)  # what a replacement worker gets
-    process = _start(echo_worker, fresh)
-    try:
+    with _worker(echo_worker) as (fresh, process):  # what a replacement worker gets
         assert _exchange(fresh, [b"hello"]) == [b"hello"]
         fresh.send(b"stop")
         process.join(TIMEOUT)
-    finally:
-        if process.is_alive():
-            process.kill()
-            process.join(TIMEOUT)
-        fresh.close()

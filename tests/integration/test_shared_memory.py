@@ -20,8 +20,9 @@ TIMEOUT = 60
 MB64 = 8 * 2**20  # float64 items in 64 MiB
 
 
-def _ours() -> list[str]:
-    return [name for name in os.listdir(shm.SHM_DIR) if name.startswith(f"bp-{os.getpid()}-")]
+def _leftovers(pid: int) -> list[str]:
+    """Segments named after the pools of process ``pid``."""
+    return [name for name in os.listdir(shm.SHM_DIR) if name.startswith(f"bp-{pid}-")]
 
 
 def test_a_large_array_arrives_as_a_read_only_view_of_shared_memory() -> None:
@@ -173,7 +174,7 @@ def test_large_results_come_back_through_shared_memory_as_arrays_of_your_own() -
     assert result.sum() == MB64 // 8 and small.sum() == 2**14
     result[0] = small[0] = 5.0  # writeable, as from any pool: copy-on-write pages
     assert result.sum() == MB64 // 8 + 4 and small.sum() == 2**14 + 4
-    assert not _ours(), "the parent unlinks a result segment once it has mapped it"
+    assert not _leftovers(os.getpid()), "the parent unlinks a result segment once it has mapped it"
 
 
 def test_no_segment_survives_a_worker_killed_mid_batch() -> None:
@@ -185,8 +186,8 @@ def test_no_segment_survives_a_worker_killed_mid_batch() -> None:
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(WorkerCrashedError):
             fut.result(TIMEOUT)
-        assert not _ours()
-    assert not _ours()
+        assert not _leftovers(os.getpid())
+    assert not _leftovers(os.getpid())
 
 
 def test_segments_of_a_killed_parent_are_cleaned_by_the_next_pool() -> None:
@@ -226,27 +227,25 @@ if __name__ == "__main__":
         sys.exit(0)
     running = ex.submit(helpers.sleep_and_return, 1.0, arr)
     queued = ex.submit(helpers.describe_array, arr + 1)
-    deadline = time.monotonic() + 30
-    while not running.running() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    helpers.wait_until(running.running, what="the job to run")
     print(" ".join(str(p.pid) for p in ex._processes.values()), flush=True)
     time.sleep(60)
 """
 
 
-def _leftovers(pid: int) -> list[str]:
-    return [name for name in os.listdir(shm.SHM_DIR) if name.startswith(f"bp-{pid}-")]
-
-
-@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
-def test_no_warning_and_no_segment_after_shutdown_whatever_the_start_method(method: str) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SCRIPT, method, "shutdown"],
+def _script(method: str, mode: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _SCRIPT, method, mode],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         cwd=os.getcwd(),
     )
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_no_warning_and_no_segment_after_shutdown_whatever_the_start_method(method: str) -> None:
+    proc = _script(method, "shutdown")
     _, err = proc.communicate(timeout=TIMEOUT)
     assert proc.returncode == 0, err
     assert err == "", "nothing may be printed (resource_tracker warnings included)"
@@ -255,13 +254,7 @@ def test_no_warning_and_no_segment_after_shutdown_whatever_the_start_method(meth
 
 @pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
 def test_no_segment_survives_a_parent_killed_with_sigkill(method: str) -> None:
-    proc = subprocess.Popen(
-        [sys.executable, "-c", _SCRIPT, method, "kill"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=os.getcwd(),
-    )
+    proc = _script(method, "kill")
     try:
         assert proc.stdout is not None
         workers = [psutil.Process(int(pid)) for pid in proc.stdout.readline().split()]
