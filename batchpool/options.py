@@ -47,9 +47,12 @@ AUTO_MAX_BATCH_SIZE = 4096
 BACKENDS = ("process", "thread")
 TRANSPORTS = ("shm", "pipe")
 #: Buffers at least this large travel out of band, in shared-memory blocks
-#: (transport "shm"). Measured with float64 arrays, 2 workers (GB/s out of band
-#: vs in band): 16 KiB 0.20 vs 0.60, 32 KiB 0.81 vs 0.63, 64 KiB 1.69 vs 0.65,
-#: 256 KiB 2.80 vs 0.71. The crossover is near 32 KiB; 64 KiB leaves a margin.
+#: (transport "shm"). ``python benchmarks/oob_threshold.py`` (float64 arrays,
+#: 2 workers, GB/s out of band vs in band): 16 KiB 0.92 vs 0.43, 32 KiB 0.90
+#: vs 0.61, 64 KiB 1.63 vs 0.60, 256 KiB 4.06 vs 0.57. Out of band pays from
+#: 16 KiB already (a batch's buffers share one block); 64 KiB is kept because
+#: an out-of-band argument arrives read-only in the worker, and the fewer
+#: small arrays that differ from ProcessPoolExecutor there, the better.
 OOB_THRESHOLD = 64 * 1024
 
 
