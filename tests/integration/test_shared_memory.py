@@ -196,8 +196,8 @@ def test_segments_of_a_killed_parent_are_cleaned_by_the_next_pool() -> None:
     # reliably, so make exactly that state: a segment named after a dead pid.
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait(TIMEOUT)
-    orphan = os.path.join(shm.SHM_DIR, f"bp-{child.pid}-0-{child.pid}-0")
-    with open(orphan, "wb") as f:
+    orphan = os.path.join(shm.SHM_DIR, f"bp-{child.pid}-0-{os.urandom(8).hex()}")
+    with open(orphan, "xb") as f:
         f.write(b"x" * 4096)
     mine = shm.SegmentFactory(shm.pool_prefix("test")).put(memoryview(b"live"))
     try:
