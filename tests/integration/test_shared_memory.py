@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import multiprocessing
 import os
 import signal
+import stat
 import subprocess
 import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import psutil
 import pytest
@@ -208,6 +213,92 @@ def test_segments_of_a_killed_parent_are_cleaned_by_the_next_pool() -> None:
     finally:
         shm.unlink(mine)
         shm.unlink(os.path.basename(orphan))
+
+
+def _dead_pid() -> int:
+    # Pids are below pid_max: this one is dead now and stays dead.
+    with open("/proc/sys/kernel/pid_max") as f:
+        return int(f.read()) + 1
+
+
+@contextlib.contextmanager
+def _entries(names: list[str]) -> Iterator[list[str]]:
+    """Paths in /dev/shm the test puts things at; all removed afterwards, whatever they are."""
+    paths = [os.path.join(shm.SHM_DIR, name) for name in names]
+    try:
+        yield paths
+    finally:
+        for path in paths:
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISDIR(os.lstat(path).st_mode):
+                    os.rmdir(path)
+                else:
+                    os.unlink(path)
+
+
+MIB = 2**17  # float64 items in 1 MiB
+
+
+def test_a_hostile_dev_shm_neither_stops_a_pool_nor_fools_its_cleanup(tmp_path: Path) -> None:
+    # Anyone can put anything in /dev/shm under a name shaped like a dead
+    # pool's segment; the sweep at a pool's start used to raise
+    # IsADirectoryError out of every submit.
+    target = tmp_path / "precious"
+    target.write_bytes(b"precious")
+    dead = _dead_pid()
+    names = [f"bp-{dead}-0-{os.urandom(8).hex()}" for _ in range(2)]
+    with _entries(names) as paths:
+        os.mkdir(paths[0])
+        os.symlink(target, paths[1])
+        with BatchPoolExecutor(max_workers=1) as ex:
+            arg = np.ones(MIB)
+            assert ex.submit(helpers.describe_array, arg).result(TIMEOUT) == (False, False, float(MIB))
+            result = ex.submit(helpers.make_array, MIB).result(TIMEOUT)
+            assert helpers.array_mapping(result).startswith(f"{shm.SHM_DIR}/bp-{os.getpid()}-")
+            assert result.sum() == MIB
+            # And under this pool's own prefix, for its cleanup at shutdown.
+            prefix = ex._backend._shm_prefix
+            assert prefix is not None
+            names.extend(prefix + os.urandom(8).hex() for _ in range(2))
+            paths.extend(os.path.join(shm.SHM_DIR, name) for name in names[2:])
+            os.mkdir(paths[2])
+            os.symlink(target, paths[3])
+        assert all(os.path.lexists(path) for path in paths), "nothing of anyone else's is removed"
+        assert target.read_bytes() == b"precious"
+
+
+def test_a_taken_name_makes_the_worker_and_the_parent_draw_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A result segment's name that existed already made the worker exit
+    # (a misleading WorkerCrashedError for the job). Names are random now; to
+    # take one for sure, every process's first draw is made to collide, and
+    # fork hands the patched draw to the worker.
+    target = tmp_path / "precious"
+    target.write_bytes(b"precious")
+    taken = "0" * 16
+    drawn: set[int] = set()  # pids that have drawn once
+    real = shm._token
+
+    def first_taken() -> str:
+        if os.getpid() in drawn:
+            return real()
+        drawn.add(os.getpid())
+        return taken
+
+    monkeypatch.setattr(shm, "_token", first_taken)
+    with BatchPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as ex:
+        prefix = ex._backend._shm_prefix
+        assert prefix is not None
+        with _entries([prefix + taken]) as [path]:
+            os.symlink(target, path)  # what a put would write through, were it followed
+            arg = np.ones(MIB)
+            assert ex.submit(helpers.describe_array, arg).result(TIMEOUT) == (False, False, float(MIB))
+            result = ex.submit(helpers.make_array, MIB).result(TIMEOUT)
+            assert result.sum() == MIB
+            ex.shutdown()
+            assert os.path.islink(path)
+    assert target.read_bytes() == b"precious"
 
 
 _SCRIPT = """
