@@ -216,9 +216,10 @@ def test_segments_of_a_killed_parent_are_cleaned_by_the_next_pool() -> None:
 
 
 def _dead_pid() -> int:
-    # Pids are below pid_max: this one is dead now and stays dead.
+    # Pids are below pid_max: this one is dead now and stays dead (and, offset
+    # by ours, is this test run's alone).
     with open("/proc/sys/kernel/pid_max") as f:
-        return int(f.read()) + 1
+        return int(f.read()) + os.getpid()
 
 
 @contextlib.contextmanager

@@ -7,6 +7,10 @@ another user's file, malformed names) and take the next name before the
 creator does (through the ``shm._token`` hook, so every collision is
 certain, not hoped for). No processes: a dead owner is a pid above
 ``pid_max``, which no process can have.
+
+Old code elsewhere on the machine (a checkout without these fixes) sweeping
+/dev/shm while one of these tests runs can trip on, or remove, the entries
+made here: the windows are kept to a few milliseconds.
 """
 
 from __future__ import annotations
@@ -30,9 +34,11 @@ KINDS = ["directory", "symlink", "fifo", "other user's file"]
 
 
 def _dead_pid() -> int:
-    # Pids are below pid_max: this one is dead now and stays dead.
+    # Pids are below pid_max: this one is dead now and stays dead. Offset by
+    # our own pid, it is this test run's alone: another run side by side
+    # sweeps our orphans as we sweep theirs, but never counts ours as its own.
     with open("/proc/sys/kernel/pid_max") as f:
-        return int(f.read()) + 1
+        return int(f.read()) + os.getpid()
 
 
 DEAD = _dead_pid()
@@ -168,7 +174,11 @@ def test_a_sweep_leaves_names_that_do_not_parse_alone(
 
 
 def test_a_segment_we_may_not_remove_is_skipped(made: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    orphan = _orphan(made)
+    _orphan(made)
+    # A segment of a live owner (us): no other test run's sweep removes it meanwhile.
+    prefix = shm.pool_prefix("hostile")
+    mine = shm.SegmentFactory(prefix).put(memoryview(b"mine"))
+    made.append(mine)
 
     def refuse(path: str, *args: object, **kwargs: object) -> None:
         raise PermissionError(errno.EPERM, "Operation not permitted", path)
@@ -176,9 +186,9 @@ def test_a_segment_we_may_not_remove_is_skipped(made: list[str], monkeypatch: py
     with monkeypatch.context() as patch:
         patch.setattr(shm.os, "unlink", refuse)
         assert shm.cleanup_orphans() == 0
-        assert shm.cleanup_prefix(f"bp-{DEAD}-") == 0
-        assert shm.unlink(orphan) is False
-    assert os.path.exists(_path(orphan))
+        assert shm.cleanup_prefix(prefix) == 0
+        assert shm.unlink(mine) is False
+    assert os.path.exists(_path(mine))
 
 
 def test_an_entry_gone_between_listing_and_looking_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
