@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 import time
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 
 def add_one(x: int) -> int:
@@ -280,3 +282,100 @@ def kept_sums(_: Any = None) -> list[float]:
 def sums(*arrays: Any) -> list[float]:
     """The sum of each array argument."""
     return [float(a.sum()) for a in arrays]
+
+
+# -- leak checks: the autouse ``no_leaks`` fixture (conftest.py) and its tests --
+
+LEAK_DEADLINE = 10.0
+SHM_DIR = "/dev/shm"
+
+
+class LeakBaseline(NamedTuple):
+    """What was there before a test, so that only what the test left counts."""
+
+    children: frozenset[int]
+    threads: frozenset[threading.Thread]
+    segments: frozenset[str]
+
+
+def service_pids() -> set[int]:
+    """Long-lived helpers multiprocessing keeps for the whole session."""
+    pids: set[int] = set()
+    try:
+        from multiprocessing import forkserver, resource_tracker
+
+        pid = getattr(forkserver._forkserver, "_forkserver_pid", None)
+        if pid:
+            pids.add(pid)
+        pid = getattr(resource_tracker._resource_tracker, "_pid", None)
+        if pid:
+            pids.add(pid)
+    except ImportError:  # pragma: no cover
+        pass
+    return pids
+
+
+def own_segments(owners: Iterable[int]) -> set[str]:
+    """Names in /dev/shm of pools owned by one of the pids ``owners``.
+
+    A pool's segments are named ``bp-<owner pid>-...`` (transport/shm.py),
+    its workers' results included. Matched by prefix, not parsed, so that a
+    malformed name of ours is a leak too; nothing under any other name, or
+    of any other owner (another test run, another program), is looked at.
+    """
+    prefixes = tuple(f"bp-{pid}-" for pid in owners)
+    try:
+        return {name for name in os.listdir(SHM_DIR) if name.startswith(prefixes)}
+    except FileNotFoundError:  # pragma: no cover - not Linux
+        return set()
+
+
+def leak_baseline() -> LeakBaseline:
+    """Take stock before a test: this process's descendants, threads and pool segments."""
+    import psutil
+
+    children = frozenset(p.pid for p in psutil.Process().children(recursive=True))
+    return LeakBaseline(
+        children=children,
+        threads=frozenset(threading.enumerate()),
+        segments=frozenset(own_segments({os.getpid(), *children})),
+    )
+
+
+def find_leaks(baseline: LeakBaseline, timeout: float = LEAK_DEADLINE) -> list[str]:
+    """What a test left behind since ``baseline``: one message per kind, [] if nothing.
+
+    Looks only at this process's own things: its threads, its descendants
+    that were not there before (multiprocessing's forkserver and resource
+    tracker aside), and segments of pools owned by this process or by one of
+    those new descendants. Threads and children get until ``timeout`` to end.
+    A descendant that is gone by now cannot be told apart from any other dead
+    pid, so its segments are the test's to check (as the tests of
+    tests/integration/test_shared_memory.py that run scripts do).
+    """
+    import multiprocessing
+
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    # Threads: a pool's threads may still be finishing their last statement.
+    for thread in set(threading.enumerate()) - baseline.threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    stray_threads = [t.name for t in set(threading.enumerate()) - baseline.threads if t.is_alive()]
+    ignore = baseline.children | service_pids()
+    new = [p for p in psutil.Process().children(recursive=True) if p.pid not in ignore]
+    # Their pids before waiting: a child that exits now may still have left segments.
+    owners = {os.getpid(), *(p.pid for p in new)}
+    _, alive = psutil.wait_procs(new, timeout=max(0.1, deadline - time.monotonic()))
+    # Reap our own zombies so later tests do not count them.
+    for child in multiprocessing.active_children():
+        child.join(0)
+    stray_shm = sorted(own_segments(owners) - baseline.segments)
+    leaks = []
+    if stray_threads:
+        leaks.append(f"threads outlived the test: {stray_threads}")
+    if alive:
+        leaks.append(f"child processes outlived the test: {[p.pid for p in alive]}")
+    if stray_shm:
+        leaks.append(f"/dev/shm segments outlived the test: {stray_shm}")
+    return leaks
