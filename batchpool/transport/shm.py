@@ -370,7 +370,11 @@ class Arena:
     none fits); ``release`` takes a settled batch's block back. At most
     ``keep`` bytes and ``MAX_FREE`` free blocks are kept (each mapping holds a
     descriptor); ``release`` returns the ids of blocks it let go, for the
-    worker to unmap. Only the parent's manager thread uses an arena.
+    worker to unmap. Only the parent's manager thread uses an arena. Each
+    block is a segment of its own, named ``prefix`` + a random part.
+
+    Raises:
+        ValueError: ``prefix`` is not a pool's prefix (``pool_prefix``).
 
     Example:
         >>> arena = Arena(pool_prefix("doc"), keep=2**20)

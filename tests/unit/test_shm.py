@@ -42,6 +42,7 @@ def test_a_block_is_private_named_after_the_pool_and_holds_the_data(arena: shm.A
     mode = os.stat(os.path.join(shm.SHM_DIR, block.name)).st_mode
     assert stat.S_IMODE(mode) == 0o600
     assert block.name.startswith(shm.pool_prefix("unit"))
+    assert shm.parse_name(block.name) is not None, "a name a sweep recognises as ours"
     assert _read(block, len(data)) == data
 
 
