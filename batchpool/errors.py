@@ -9,6 +9,7 @@ the failure model is visible in one place::
     │   ├── BatchResultError                a @batched function returned the wrong shape
     │   ├── QueueFullError                  max_pending reached with on_full="raise"
     │   ├── ShutdownError                   shutdown's deadline passed before the job ended
+    │   ├── JobTimeoutError                 the job ran past its time limit (also a TimeoutError)
     │   └── CircuitOpenError (retry.py)     the job's key failed too often; failing fast
     └── concurrent.futures.BrokenExecutor
         ├── concurrent.futures.process.BrokenProcessPool
@@ -28,11 +29,14 @@ the standard library does.
 from __future__ import annotations
 
 import signal
+from concurrent import futures
+from concurrent.futures import process as _process
 from concurrent.futures.process import BrokenProcessPool
 
 __all__ = [
     "BatchPoolError",
     "BatchResultError",
+    "JobTimeoutError",
     "QueueFullError",
     "ShutdownError",
     "RemoteError",
@@ -51,23 +55,12 @@ class BatchPoolError(Exception):
     """
 
 
-class RemoteTraceback(Exception):
-    """The formatted traceback of an exception raised in a worker.
-
-    It is attached as ``__cause__`` of the re-raised exception, so the worker's
-    frames are printed under the parent's traceback.
-
-    Example:
-        >>> RemoteTraceback("Traceback ...").tb
-        'Traceback ...'
-    """
-
-    def __init__(self, tb: str) -> None:
-        super().__init__(tb)
-        self.tb = tb
-
-    def __str__(self) -> str:
-        return self.tb
+#: The formatted traceback of an exception raised in a worker, attached as
+#: ``__cause__`` of the re-raised exception so the worker's frames print under
+#: the parent's traceback. It *is* the standard library's own class (its
+#: ``tb`` attribute holds the text), so code and tests written for
+#: ``ProcessPoolExecutor`` that look for it find it.
+RemoteTraceback = _process._RemoteTraceback
 
 
 class RemoteError(BatchPoolError):
@@ -144,6 +137,39 @@ class ShutdownError(BatchPoolError):
 
     def __str__(self) -> str:
         return f"the pool was stopped {self.timeout} s into shutdown, before this job finished"
+
+
+# On 3.10 concurrent.futures.TimeoutError is its own class; from 3.11 it is the builtin.
+_FUTURES_TIMEOUT: object = futures.TimeoutError
+_TIMEOUT_BASES: tuple[type[BaseException], ...] = (
+    (TimeoutError,) if _FUTURES_TIMEOUT is TimeoutError else (TimeoutError, futures.TimeoutError)
+)
+
+
+class JobTimeoutError(BatchPoolError, *_TIMEOUT_BASES):  # type: ignore[misc]
+    """The job ran longer than its ``timeout`` and was stopped.
+
+    A subclass of the builtin ``TimeoutError`` and of
+    ``concurrent.futures.TimeoutError`` (they differ on Python 3.10), so code
+    catching either sees it. Retry policies always count it as retryable,
+    unlike a ``TimeoutError`` the job raises itself (that one follows
+    ``retry_on``).
+
+    Attributes:
+        timeout: the limit, in seconds.
+
+    Example:
+        >>> error = JobTimeoutError(2.5)
+        >>> str(error), isinstance(error, TimeoutError)
+        ('job ran longer than its timeout of 2.5 s', True)
+    """
+
+    def __init__(self, timeout: float | None) -> None:
+        super().__init__(timeout)
+        self.timeout = timeout
+
+    def __str__(self) -> str:
+        return f"job ran longer than its timeout of {self.timeout} s"
 
 
 def describe_exit(exitcode: int | None) -> str:

@@ -1,14 +1,15 @@
 """BatchPoolExecutor: a micro-batching drop-in for the standard pools.
 
-Wires the parts together and owns the lifecycle; it holds no scheduling logic
-of its own. Imports downward only: batching, backends, jobs, options, errors.
+The facade: it validates arguments, makes a Job and its Future per call, and
+wires the parts together (PoolState, Batcher, Ledger, a Backend); it holds no
+scheduling or settling logic of its own. Imports downward only.
 
 Lifetime rules (each one fixes a way the standard pools have hung or leaked):
 
 * Nothing below the executor holds a reference to it. An executor that is
   garbage collected without ``shutdown()`` finishes its queued work and stops
-  its workers (``weakref.finalize``), and ``map()``'s iterator keeps only a
-  weak reference, so a pending iterator never keeps a pool alive.
+  its workers (``weakref.finalize``), and ``map()``'s iterator, the dashboard
+  and the signal helper keep only weak references, so none keeps a pool alive.
 * At interpreter exit (``threading._register_atexit``, which runs before
   threads are joined) every live pool refuses new work, finishes what it has,
   and stops: queued jobs still run, and nothing is left behind.
@@ -18,13 +19,11 @@ Lifetime rules (each one fixes a way the standard pools have hung or leaked):
 
 from __future__ import annotations
 
-import itertools
 import logging
+import os
 import signal
 import threading
-import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any, Literal, TypeVar
@@ -32,10 +31,12 @@ from typing import Any, Literal, TypeVar
 from typing_extensions import ParamSpec
 
 from .backends import load_backend
-from .backends.base import Backend, cancel_jobs, fail_jobs
+from .backends.base import Backend
 from .batching import Batcher
 from .errors import QueueFullError, ShutdownError
-from .jobs import BATCHED, BATCHED_BISECT, CALLS, CHUNKS, CHUNKS1, ChunkResult, Job, is_batched
+from .jobs import BATCHED, BATCHED_BISECT, CALLS, Batch, Job, is_batched
+from .ledger import Ledger
+from .mapping import map_jobs
 from .metrics import Listener, Metrics, Stats
 from .options import (
     DEFAULT_MAX_BATCH_SIZE,
@@ -47,36 +48,43 @@ from .options import (
     check_timeout,
     make_config,
 )
-from .retry import CircuitBreaker, CircuitOpenError, RetryPolicy
+from .retry import CircuitBreaker, RetryPolicy
+from .runner import identity, run_batch
+from .signals import SignalDrain
+from .state import EXIT_MESSAGE, Phase, PoolState
 
-__all__ = ["BatchPoolExecutor"]
+__all__ = ["BatchPoolExecutor", "ExecutorView"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-_SHUTDOWN_MESSAGE = "cannot schedule new futures after shutdown"
 _ON_FULL = ("block", "raise", "caller_runs")
 logger = logging.getLogger("batchpool")
-_EXIT_MESSAGE = "cannot schedule new futures after interpreter shutdown"
-
-#: Chunks ``map`` cuts a long input into, per worker, when no chunksize is given.
-_MAP_CHUNKS_PER_WORKER = 16
-_MAP_MAX_CHUNK = 1024
 
 _live_backends: weakref.WeakSet[Backend] = weakref.WeakSet()
-_interpreter_exiting = False
+_live_signals: weakref.WeakSet[SignalDrain] = weakref.WeakSet()
 
 
 def _python_exit() -> None:
-    global _interpreter_exiting
-    _interpreter_exiting = True
+    for drain in list(_live_signals):
+        drain.wait_drained()  # a signal's drain finishes (bounded) before the rest stops
     backends = list(_live_backends)
     for backend in backends:
-        backend.batcher.close(_EXIT_MESSAGE)
+        backend.state.close(EXIT_MESSAGE)
         backend.begin_shutdown()
     for backend in backends:
         backend.join()
 
+
+def _forget_pools_in_child() -> None:
+    # A forked child (a fork-started worker) inherits the registries, and
+    # maybe a lock held mid-start by the thread that forked: its exit must not
+    # try to shut down pools that belong to its parent.
+    _live_backends.clear()
+    _live_signals.clear()
+
+
+os.register_at_fork(after_in_child=_forget_pools_in_child)
 
 _register = getattr(threading, "_register_atexit", None)
 if _register is not None:
@@ -87,10 +95,28 @@ else:  # pragma: no cover - every supported CPython has it
     atexit.register(_python_exit)
 
 
-def _shutdown_unreferenced(batcher: Batcher, backend: Backend) -> None:
+def _shutdown_unreferenced(state: PoolState, backend: Backend, hooks: list[Callable[[], None]]) -> None:
     # May run on any thread, inside the garbage collector: never wait here.
-    batcher.close(_SHUTDOWN_MESSAGE)
+    state.close()
     backend.begin_shutdown()
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:
+            logger.exception("batchpool: a shutdown hook failed")
+
+
+class _WeakStats:
+    """``stats()`` of a pool held weakly (for the dashboard, which must not keep it alive)."""
+
+    def __init__(self, executor: BatchPoolExecutor) -> None:
+        self._ref = weakref.ref(executor)
+
+    def stats(self) -> Stats:
+        executor = self._ref()
+        if executor is None:
+            raise ReferenceError("the pool was garbage collected")
+        return executor.stats()
 
 
 class BatchPoolExecutor(Executor):
@@ -196,27 +222,34 @@ class BatchPoolExecutor(Executor):
             target_batch_time=target_batch_time,
         )
         self._config = config
+        self._state = PoolState(config.max_workers)
         self._batcher = Batcher(
             max_batch_size=config.max_batch_size,
             max_delay=config.max_delay,
             target_batch_time=config.target_batch_time,
             max_pending=max_pending,
             auto=config.auto_batch_size,
+            state=self._state,
         )
         self._metrics = Metrics()
-        self._backend = load_backend(config.backend)(config, self._batcher, self._metrics)
+        self._ledger = Ledger(self._batcher, self._metrics)
+        self._backend = load_backend(config.backend)(config, self._batcher, self._metrics, self._ledger)
         self._on_shutdown: list[Callable[[], None]] = []
+        self._signals: SignalDrain | None = None
         # Serialises shutdown() calls against each other (never held by submit).
         self._shutdown_lock = threading.Lock()
         _live_backends.add(self._backend)
-        finalizer = weakref.finalize(self, _shutdown_unreferenced, self._batcher, self._backend)
+        # Hooks that must also run if the pool is collected unreferenced (the dashboard's stop).
+        self._finalizer_hooks: list[Callable[[], None]] = []
+        finalizer = weakref.finalize(self, _shutdown_unreferenced, self._state, self._backend, self._finalizer_hooks)
         finalizer.atexit = False  # interpreter exit is _python_exit's job
         if dashboard:
             from .dashboard import Dashboard
 
-            view = Dashboard(self)
+            view = Dashboard(_WeakStats(self))  # type: ignore[arg-type]
             view.start()
             self._on_shutdown.append(view.stop)
+            self._finalizer_hooks.append(view.stop)
 
     # -- submitting ---------------------------------------------------------------
 
@@ -243,13 +276,25 @@ class BatchPoolExecutor(Executor):
         kind: int,
         opts: JobOptions | None = None,
     ) -> Future[Any]:
+        signals = self._signals
+        if signals is None:
+            return self._enqueue(fn, args, kwargs, kind, opts)
+        signals.enter()
+        try:
+            return self._enqueue(fn, args, kwargs, kind, opts)
+        finally:
+            signals.leave()  # a signal that came meanwhile exits here, not in the middle
+
+    def _enqueue(
+        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any, kind: int, opts: JobOptions | None
+    ) -> Future[Any]:
         if not callable(fn):
             raise TypeError(f"fn must be a callable, got {type(fn).__name__}")
-        broken = self._backend.broken
-        if broken is not None:
-            raise type(broken)(str(broken))
-        if _interpreter_exiting:
-            raise RuntimeError(_EXIT_MESSAGE)
+        state = self._state
+        if state.phase > Phase.PAUSED or state.close_requested:
+            refusal = state.refusal()
+            assert refusal is not None
+            raise refusal
         if opts is None:
             opts = self._default_opts
         if kind == CALLS and is_batched(fn):
@@ -270,6 +315,8 @@ class BatchPoolExecutor(Executor):
 
     def _admit(self, job: Job) -> bool:
         """Apply the job's circuit breaker, if its key has one."""
+        from .retry import CircuitOpenError
+
         key = job.opts.key if job.opts.key is not None else job.fn
         try:
             breaker = self._breakers.get(key)
@@ -280,16 +327,36 @@ class BatchPoolExecutor(Executor):
         if not breaker.allow():
             job.future.set_exception(CircuitOpenError(key, breaker.retry_in()))
             return False
-        job.future.add_done_callback(_BreakerFeed(breaker))
+        job.breaker = breaker  # the ledger tells it the outcome (or that it never ran)
         return True
 
     def _on_queue_full(self, job: Job) -> Future[Any]:
         assert self._max_pending is not None
         if self._on_full == "caller_runs":
-            if job.future.set_running_or_notify_cancel():
-                _run_here(job)
+            self._run_here(job)
             return job.future
         raise QueueFullError(self._max_pending)  # on_full="raise", or a block that timed out
+
+    def _run_here(self, job: Job) -> None:
+        """Run a job in the calling thread (``on_full="caller_runs"``), as its kind.
+
+        A ``@batched`` item runs as a one-item list, a ``map`` chunk item by
+        item; a failure goes through the ledger, so the job's retry policy
+        holds (a retry waits in the lanes, and no thread sleeps). A time limit
+        cannot stop the caller's own thread: the job runs to its end.
+        """
+        batch = Batch([job], "caller runs", None)
+        if not self._ledger.claim(batch):
+            return
+        attempt = job.attempt
+        (ok, value), = run_batch(job.fn, job.kind, [(job.args, job.kwargs)], identity)
+        if ok:
+            self._ledger.succeed(job, value, attempt)
+        else:
+            self._ledger.fail(job, value, attempt=attempt)
+        self._ledger.forget(batch)
+        if job.attempt != attempt:
+            self._backend.notify()  # a retry is queued: make sure a worker looks
 
     def map(
         self,
@@ -346,42 +413,19 @@ class BatchPoolExecutor(Executor):
             total = min(lengths) if len(lengths) == len(iterables) and lengths else None
             inner = self._map(fn, iterables, timeout, chunksize, buffersize, False, opts)
             return track(inner, total, getattr(fn, "__name__", "jobs"))
-        end_time = None if timeout is None else timeout + time.monotonic()
-        zipped = zip(*iterables)  # noqa: B905 - map() stops at the shortest, as builtins.map
-        if buffersize is None and self._max_pending is not None:
-            # A bounded pool reads its input only as fast as it can hold it.
-            buffersize = max(1, self._max_pending // max(1, chunksize) // 2)
-        if buffersize is None:
-            # One iterable: chunks carry the bare items (no 1-tuple per item).
-            single = len(iterables) == 1
-            items = list(iterables[0]) if single else list(zipped)
-            effective = self._default_opts if opts is None else opts
-            # Timeouts and retries are per job: items that need them travel one per job.
-            per_item = effective.timeout is not None or effective.retry is not None
-            size = chunksize if chunksize > 1 or per_item else self._auto_chunksize(len(items))
-            if size > 1:
-                kind = CHUNKS1 if single else CHUNKS
-                fs = deque(self._submit(fn, (group,), None, kind, opts) for group in _chunked(items, size))
-                return _map_results(fs, end_time, True, None)
-            calls = ((item,) for item in items) if single else iter(items)
-            fs = deque(self._submit(fn, args, None, CALLS, opts) for args in calls)
-            return _map_results(fs, end_time, False, None)
-        groups = _chunked(zipped, chunksize) if chunksize > 1 else zipped
-        first = itertools.islice(groups, buffersize)
-        fs = deque(self._submit_group(fn, group, chunksize > 1, opts) for group in first)
-        refill = _Refill(weakref.ref(self), fn, groups, chunksize > 1, opts)
-        return _map_results(fs, end_time, chunksize > 1, refill)
-
-    def _submit_group(
-        self, fn: Callable[..., Any], group: Any, chunked: bool, opts: JobOptions | None = None
-    ) -> Future[Any]:
-        if chunked:
-            return self._submit(fn, (group,), None, CHUNKS, opts)
-        return self._submit(fn, group, None, CALLS, opts)
-
-    def _auto_chunksize(self, n: int) -> int:
-        per_chunk = n // (_MAP_CHUNKS_PER_WORKER * self._config.max_workers)
-        return max(1, min(_MAP_MAX_CHUNK, per_chunk))
+        effective = self._default_opts if opts is None else opts
+        return map_jobs(
+            self,
+            fn,
+            iterables,
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            workers=self._state.target_workers,
+            max_pending=self._max_pending,
+            opts=opts,
+            per_item=effective.timeout is not None or effective.retry is not None,
+        )
 
     # -- lifecycle ------------------------------------------------------------------
 
@@ -406,11 +450,21 @@ class BatchPoolExecutor(Executor):
             3
         """
         deadline = check_timeout("timeout", timeout)
+        signals = self._signals
+        if signals is not None:
+            signals.enter()
+        try:
+            self._shutdown(wait, cancel_futures, deadline)
+        finally:
+            if signals is not None:
+                signals.leave()
+
+    def _shutdown(self, wait: bool, cancel_futures: bool, deadline: float | None) -> None:
         with self._shutdown_lock:
-            cancelled = self._batcher.close(_SHUTDOWN_MESSAGE, cancel=cancel_futures)
+            self._state.close()
+            if cancel_futures:
+                self._ledger.cancel(self._batcher.cancel_queued())
             hooks, self._on_shutdown = self._on_shutdown, []
-        cancel_jobs(cancelled)
-        self._metrics.jobs_cancelled(len(cancelled))
         for hook in hooks:
             try:
                 hook()
@@ -420,16 +474,24 @@ class BatchPoolExecutor(Executor):
         if not wait:
             return
         if self._backend.join(deadline):
+            self._stop_signal_helper()
             return
         assert deadline is not None
         logger.warning("shutdown: %s s passed with work unfinished; stopping the workers", deadline)
-        late = self._batcher.close(_SHUTDOWN_MESSAGE, cancel=True)
-        cancel_jobs(late)
-        self._metrics.jobs_cancelled(len(late))
-        error = ShutdownError(deadline)
-        fail_jobs(self._batcher.drain(), error, self._metrics)
+        self._abort(ShutdownError(deadline))
+
+    def _abort(self, error: BaseException) -> None:
+        """Stop now: what is queued is cancelled, what is running fails with ``error``."""
+        self._state.close()
+        self._ledger.cancel(self._batcher.cancel_queued())
         self._backend.abort(error)
         self._backend.join(10.0)
+
+    def _stop_signal_helper(self) -> None:
+        signals = self._signals
+        if signals is not None and threading.current_thread() is threading.main_thread():
+            self._signals = None
+            signals.restore()
 
     def stats(self) -> Stats:
         """A frozen snapshot of this pool's counters, latencies and workers.
@@ -486,11 +548,16 @@ class BatchPoolExecutor(Executor):
     ) -> Callable[[], None]:
         """Turn SIGTERM/SIGINT into a graceful drain of this pool.
 
-        On the signal, the main thread runs ``shutdown(wait=True,
-        timeout=timeout)`` and then, unless ``exit_code`` is None, exits with
-        that code (``SystemExit``, so ``finally`` blocks and atexit hooks run).
-        Call from the main thread. Returns a function that restores the
-        previous handlers.
+        On the first signal the pool refuses new jobs at once (``submit``
+        raises ``RuntimeError``), a helper thread drains it
+        (``shutdown(wait=True, timeout=timeout)``), and, unless ``exit_code``
+        is None, the main thread raises ``SystemExit(exit_code)``: at once if
+        it is outside batchpool's code, else as it leaves the batchpool call it
+        is in. Interpreter exit waits for the drain, so ``finally`` blocks and
+        atexit hooks run. A second signal stops at once: workers are killed and
+        unfinished jobs fail with ``ShutdownError``. The handler itself never
+        waits on a lock. Call from the main thread. Returns a function that
+        restores the previous handlers.
 
         Example:
             >>> ex = BatchPoolExecutor(backend="thread")
@@ -498,20 +565,28 @@ class BatchPoolExecutor(Executor):
             >>> restore(); ex.shutdown()
         """
         check_timeout("timeout", timeout)
-        previous: dict[int, Any] = {}
+        if self._signals is not None:
+            self._signals.restore()
+        ref = weakref.ref(self)
 
-        def handler(signum: int, frame: object) -> None:
-            logger.warning("signal %s: draining the pool (timeout %s s)", signal.Signals(signum).name, timeout)
-            self.shutdown(wait=True, timeout=timeout)
-            if exit_code is not None:
-                raise SystemExit(exit_code)
+        def drain() -> None:
+            executor = ref()
+            if executor is not None:
+                executor.shutdown(wait=True, timeout=timeout)
 
-        for signum in signals:
-            previous[signum] = signal.signal(signum, handler)
+        def abort() -> None:
+            executor = ref()
+            if executor is not None:
+                executor._abort(ShutdownError(0.0))
+
+        handlers = SignalDrain(self._state, drain, abort, signals, exit_code, timeout)
+        self._signals = handlers
+        _live_signals.add(handlers)
 
         def restore() -> None:
-            for signum, old in previous.items():
-                signal.signal(signum, old)
+            if self._signals is handlers:
+                self._signals = None
+            handlers.restore()
 
         return restore
 
@@ -610,8 +685,8 @@ class BatchPoolExecutor(Executor):
 
     @property
     def _broken(self) -> str | bool:
-        broken = self._backend.broken
-        return str(broken) if broken is not None else False
+        error = self._state.error if self._state.phase == Phase.BROKEN else None
+        return str(error) if error is not None else False
 
     @property
     def _processes(self) -> dict[Any, Any]:
@@ -624,75 +699,6 @@ class BatchPoolExecutor(Executor):
     @property
     def _threads(self) -> set[Any]:
         return set(self._backend.compat_workers().values()) if self._config.backend == "thread" else set()
-
-
-def _chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    iterator = iter(items)
-    while chunk := list(itertools.islice(iterator, size)):
-        yield chunk
-
-
-class _Refill:
-    """Submits the next group of a buffered ``map`` (holds the pool weakly)."""
-
-    def __init__(
-        self,
-        executor: weakref.ref[BatchPoolExecutor],
-        fn: Callable[..., Any],
-        groups: Iterator[Any],
-        chunked: bool,
-        opts: JobOptions | None = None,
-    ) -> None:
-        self.executor = executor
-        self.fn = fn
-        self.groups = groups
-        self.chunked = chunked
-        self.opts = opts
-
-    def __call__(self, fs: deque[Future[Any]]) -> None:
-        executor = self.executor()
-        if executor is None:
-            return
-        group = next(self.groups, None)
-        if group is not None:
-            fs.append(executor._submit_group(self.fn, group, self.chunked, self.opts))
-
-
-def _result_or_cancel(future: Future[Any], timeout: float | None) -> Any:
-    try:
-        return future.result(timeout)
-    finally:
-        future.cancel()  # no-op unless we gave up waiting for it
-
-
-def _map_results(
-    fs: deque[Future[Any]], end_time: float | None, chunked: bool, refill: _Refill | None
-) -> Iterator[Any]:
-    # Written so that no local variable holds a yielded result while the
-    # generator is suspended: the caller must be able to free each result.
-    try:
-        while fs:
-            if refill is not None:
-                refill(fs)
-            remaining = None if end_time is None else end_time - time.monotonic()
-            if not chunked:
-                yield _result_or_cancel(fs.popleft(), remaining)
-                continue
-            chunk: ChunkResult = _result_or_cancel(fs.popleft(), remaining)
-            values, errors = chunk
-            del chunk
-            values.reverse()
-            if not errors:  # the common case, without a lookup per item
-                while values:
-                    yield values.pop()
-                continue
-            for i in range(len(values)):
-                if i in errors:
-                    raise errors[i]
-                yield values.pop()
-    finally:
-        for future in fs:
-            future.cancel()
 
 
 class ExecutorView:
@@ -717,26 +723,3 @@ class ExecutorView:
     ) -> Iterator[R]:
         """``BatchPoolExecutor.map`` with this view's options."""
         return self._executor._map(fn, iterables, timeout, chunksize, buffersize, progress, self.opts)
-
-
-class _BreakerFeed:
-    """Done-callback feeding a job's outcome to its key's circuit breaker."""
-
-    __slots__ = ("breaker",)
-
-    def __init__(self, breaker: CircuitBreaker) -> None:
-        self.breaker = breaker
-
-    def __call__(self, future: Future[Any]) -> None:
-        if not future.cancelled():
-            self.breaker.record(future.exception() is None)
-
-
-def _run_here(job: Job) -> None:
-    """Run a job in the calling thread (``on_full="caller_runs"``)."""
-    try:
-        result = job.fn(*job.args, **job.kwargs) if job.kwargs else job.fn(*job.args)
-    except BaseException as exc:  # noqa: BLE001 - the job's own outcome
-        job.future.set_exception(exc)
-    else:
-        job.future.set_result(result)

@@ -64,7 +64,7 @@ class Job:
     Cheap on purpose (it is made once per ``submit``): slots, no lock of its own.
     """
 
-    __slots__ = ("args", "attempt", "fn", "future", "id", "kind", "kwargs", "opts", "started", "t_submit")
+    __slots__ = ("args", "attempt", "breaker", "fn", "future", "id", "kind", "kwargs", "opts", "started", "t_submit")
 
     def __init__(
         self,
@@ -84,6 +84,7 @@ class Job:
         self.opts = opts
         self.attempt = 1  # the run that comes next is this job's attempt-th
         self.started = False  # its Future is RUNNING (retries skip that step)
+        self.breaker: Any = None  # the key's CircuitBreaker, told the final outcome
         self.t_submit = time.monotonic()
 
 
@@ -104,6 +105,7 @@ class Batch:
         "t_dispatch",
         "timing_key",
         "worker",
+        "yield_asked",
     )
 
     def __init__(self, jobs: list[Job], reason: str, timing_key: object) -> None:
@@ -119,21 +121,8 @@ class Batch:
         self.record: _BatchRecord | None = None
         self.blocks: list[Any] = []  # the arena blocks its large buffers are in (transport.shm.Block)
         self.cancelled = 0  # jobs found cancelled when it was claimed
+        self.yield_asked = False  # its worker was asked to give the unstarted rest back
         self.mean_submit = 0.0
-
-    def claim(self) -> bool:
-        """Mark the jobs running; drop the ones cancelled meanwhile.
-
-        Returns False when no job is left. A retried job is running already.
-        """
-        kept = []
-        for job in self.jobs:
-            if job.started or job.future.set_running_or_notify_cancel():
-                job.started = True
-                kept.append(job)
-        self.cancelled += len(self.jobs) - len(kept)
-        self.jobs = kept
-        return bool(kept)
 
     def mark_dispatched(self) -> None:
         """Stamp the dispatch time and let each job's Future say where it went."""
@@ -203,7 +192,7 @@ class ChunkResult(NamedTuple):
     """The result of one ``CHUNKS`` job: one value or exception per item."""
 
     values: list[Any]
-    errors: dict[int, BaseException]
+    errors: dict[int, Any]  # an exception, or its ExceptionWithTraceback while in transit
 
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -246,7 +235,7 @@ def is_batched(fn: object) -> bool:
 
 def rebuild_exception(exc: BaseException, tb: str) -> BaseException:
     """Re-attach a worker's traceback text to its exception (unpickling hook)."""
-    exc.__cause__ = RemoteTraceback(tb)
+    exc.__cause__ = RemoteTraceback(tb)  # type: ignore[arg-type]  # typeshed: it takes the text
     return exc
 
 

@@ -24,7 +24,9 @@ class RetryPolicy:
 
     A job is retried while it has attempts left and its failure is retryable:
     an exception matching ``retry_on`` (a tuple of types, or a predicate that
-    takes the exception), or a crash of its worker, or its ``timeout``. The
+    takes the exception), or a crash of its worker, or its ``timeout``
+    (``JobTimeoutError``; a ``TimeoutError`` the job raises itself follows
+    ``retry_on``). The
     n-th retry waits ``min(max_backoff, backoff * 2**(n-1))`` seconds, or,
     with ``jitter`` ("full jitter"), a uniformly random time up to that, so
     that retries of many jobs do not arrive together. No thread sleeps: the job
@@ -68,10 +70,10 @@ class RetryPolicy:
 
     def retryable(self, exc: BaseException) -> bool:
         """True when ``exc`` is a failure this policy retries."""
-        from .errors import WorkerCrashedError
+        from .errors import JobTimeoutError, WorkerCrashedError
 
-        if isinstance(exc, (WorkerCrashedError, TimeoutError)):
-            return True  # the job's run was cut short, not refused
+        if isinstance(exc, (WorkerCrashedError, JobTimeoutError)):
+            return True  # the job's run was cut short by the pool, not refused
         if isinstance(self.retry_on, tuple):
             return isinstance(exc, self.retry_on)
         try:
@@ -173,4 +175,22 @@ class CircuitBreaker:
                 self._consecutive += 1
                 if self._trial_running or self._consecutive >= self.failures:
                     self._opened_at = self._clock()
+            self._trial_running = False
+
+    def release(self) -> None:
+        """A job that was allowed to run never did (cancelled): free its trial slot.
+
+        Counts neither a success nor a failure, so a cancelled half-open trial
+        does not leave the breaker refusing every later job.
+
+        Example:
+            >>> now = [0.0]
+            >>> cb = CircuitBreaker(failures=1, cooldown=1.0, clock=lambda: now[0])
+            >>> cb.record(False); now[0] = 2.0
+            >>> cb.allow(), cb.allow()       # the trial is taken
+            (True, False)
+            >>> cb.release(); cb.allow()     # cancelled: the next job is the trial
+            True
+        """
+        with self._lock:
             self._trial_running = False

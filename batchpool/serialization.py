@@ -157,7 +157,7 @@ def dumps_each(
     try:
         data, big = dumps_oob(list(items), threshold)
         return data, {}, big
-    except Exception:  # noqa: BLE001 - find the culprits one by one below
+    except BaseException:  # noqa: BLE001 - SystemExit from a __reduce__ too: find the culprits below
         pass
     good: list[object] = []
     bad: dict[int, BaseException] = {}
@@ -166,6 +166,12 @@ def dumps_each(
             dumps(item)
         except Exception as exc:  # noqa: BLE001 - reported on that job's Future
             bad[i] = exc
+        except BaseException as exc:  # noqa: BLE001 - never let a __reduce__ stop the pool
+            # Not raised as itself from the job's Future: a SystemExit there
+            # would end the program that merely asked for a result.
+            error = TypeError(f"the call could not be pickled: {exc!r}")
+            error.__cause__ = exc
+            bad[i] = error
         else:
             good.append(item)
     data, big = dumps_oob(good, threshold)

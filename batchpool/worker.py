@@ -1,22 +1,16 @@
-"""The worker: run a batch, job by job, and send back one outcome per job.
+"""The worker process: read batches, run them with the runner, send outcomes back.
 
-Imports ``batchpool.jobs``, ``batchpool.serialization`` and the transport
-interface; never the executor, the backends or rich (spawned workers import
-this module, and it must stay light).
+Imports ``batchpool.protocol``, ``batchpool.runner``, ``batchpool.serialization``
+and the transport only; never the executor, the backends, metrics or rich
+(spawned workers import this module, and it must stay light). The messages
+are described in ``batchpool.protocol``.
 
-Wire protocol, parent -> worker (one message each):
-    ``B`` header(batch id, kind, len(fn)) + pickled callable + pickled calls
-          (framed with their out-of-band buffers' references)
-    ``D`` pickled block ids: arena blocks the parent let go; unmap them
-    ``Q`` stop after the current batch
-worker -> parent:
-    ``R`` header(batch id, start, count, final, run time) + pickled
-          (values, errors): a part or the rest of a batch
-    ``P`` pickled block ids: the batch's job kept views of these blocks
-          beyond its call; sent before the batch's final ``R``
-    ``S`` pickled (batch id, exception, callable_failed): the batch could not
-          be unpickled here; the parent fails or splits it
-    ``I`` pickled exception: the initializer failed; this worker is exiting
+A batch is started only once the worker holds its claim token (see
+``transport.control``): a batch the parent took back is skipped unread, and
+after a crash the parent knows which batches never started. While a batch
+runs, finished outcomes stream back every ``STREAM_INTERVAL``, and between
+jobs of a batch that has run a while the worker checks whether the parent
+wants the unstarted rest back for an idle worker.
 """
 
 from __future__ import annotations
@@ -24,48 +18,27 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import serialization
-from .errors import BatchResultError
-from .jobs import BATCHED_BISECT, BATCHED_KINDS, CALLS, CHUNKS, ChunkResult, ExceptionWithTraceback
+from . import protocol, serialization
+from .jobs import BATCHED_KINDS, ExceptionWithTraceback
+from .protocol import FINAL, YIELDED
+from .runner import run_batch, run_one
 from .transport import shm
+from .transport.control import Control
 
-__all__ = [
-    "MSG_BATCH",
-    "MSG_DROP",
-    "MSG_INIT_FAILED",
-    "MSG_OUTCOME",
-    "MSG_PINNED",
-    "MSG_SPLIT",
-    "MSG_STOP",
-    "WorkerSpec",
-    "encode_batch",
-    "parse_outcome",
-    "run_batched",
-    "run_chunk",
-    "worker_main",
-]
-
-MSG_BATCH = b"B"
-MSG_DROP = b"D"
-MSG_STOP = b"Q"
-MSG_OUTCOME = b"R"
-MSG_PINNED = b"P"
-MSG_SPLIT = b"S"
-MSG_INIT_FAILED = b"I"
-
-_BATCH_HEADER = struct.Struct("<cQBI")
-_OUTCOME_HEADER = struct.Struct("<cQII?d")
+__all__ = ["WorkerSpec", "unpack", "worker_main"]
 
 #: A batch that runs longer than this sends what it has finished so far, so
 #: one slow job does not hold its batch-mates' results hostage (and a crash
 #: later in the batch loses nothing that already finished).
 STREAM_INTERVAL = 0.05
+#: A batch that has run this long looks, between jobs, whether the parent
+#: wants its unstarted rest for an idle worker (a syscall, so not sooner).
+YIELD_CHECK_AFTER = 0.002
 
 #: While idle, a worker looks this often whether its parent is still alive, so
 #: workers of a killed parent exit on their own instead of lingering.
@@ -83,6 +56,7 @@ class WorkerSpec:
     max_tasks: int | None
     shm_prefix: str | None = None  # None: no shared memory, everything in band
     oob_threshold: int | None = None
+    control: Control | None = None
 
 
 # The worker's own segment factory (results) and its mappings of the
@@ -92,11 +66,18 @@ _threshold: int | None = None
 _blocks = shm.BlockCache()
 
 
-def _pack(obj: object) -> tuple[bytes, bytes]:
-    """Pickle ``obj``, its large buffers in shared-memory segments: (header, pickle)."""
-    data, big = serialization.dumps_oob(obj, _threshold if _segments is not None else None)
-    segments = [(0, 0, buf.nbytes, _segments.put(buf)) for buf in big] if _segments is not None else []
-    return serialization.oob_header(segments), data
+def _store(big: list[memoryview]) -> list[tuple[int, int, int, str]]:
+    """Put a result's large buffers into one-shot segments; their references."""
+    assert _segments is not None
+    names: list[str] = []
+    try:
+        for buf in big:
+            names.append(_segments.put(buf))
+    except OSError:
+        for name in names:  # nobody will ever hear of these
+            shm.unlink(name)
+        raise  # the protocol then sends the results in band
+    return [(0, 0, buf.nbytes, name) for buf, name in zip(big, names, strict=True)]
 
 
 _Lent = list[tuple[int, memoryview, Any]]
@@ -109,6 +90,11 @@ def unpack(view: memoryview, lent: _Lent | None = None) -> Any:
     recorded in ``lent`` for ``_pinned`` to check after the call.
     """
     data, segments = serialization.unframe_oob(view)
+    return serialization.loads(data, open_buffers(segments, lent))
+
+
+def open_buffers(segments: list[tuple[int, int, int, str]], lent: _Lent | None = None) -> list[Any]:
+    """Map the out-of-band buffers a message refers to (either direction)."""
     buffers: list[Any] = []
     for block_id, offset, size, name in segments:
         if block_id:
@@ -123,7 +109,7 @@ def unpack(view: memoryview, lent: _Lent | None = None) -> Any:
             buffers.append(lent_buffer)
         else:
             buffers.append(shm.open_segment(name, size))
-    return serialization.loads(data, buffers)
+    return buffers
 
 
 def _pinned(lent: _Lent) -> list[int]:
@@ -140,165 +126,65 @@ def _pinned(lent: _Lent) -> list[int]:
     return pinned
 
 
-def encode_batch(batch_id: int, kind: int, fn_blob: bytes, oob_header: bytes, calls_blob: bytes) -> tuple[bytes, ...]:
-    """One batch for the wire, as the parts of one message (the callable and calls already pickled)."""
-    return (_BATCH_HEADER.pack(MSG_BATCH, batch_id, kind, len(fn_blob)), fn_blob, oob_header, calls_blob)
+def _outcome(batch_id: int, start: int, outcomes: list[Any], run_time: float, flags: int) -> tuple[bytes, ...]:
+    store = _store if _segments is not None else None
+    return protocol.encode_outcome(batch_id, start, outcomes, run_time, flags, store, _threshold)
 
 
-def run_chunk(
-    fn: Callable[..., Any],
-    items: list[Any],
-    wrap: Callable[[BaseException], Any],
-    star: bool = True,
-) -> ChunkResult:
-    """Run ``fn(*item)`` (or ``fn(item)`` without ``star``) for each item of a ``map`` chunk.
-
-    Each item runs exactly once; one that raises fails alone.
-    """
-    values: list[Any] = []
-    errors: dict[int, Any] = {}
-    for i, item in enumerate(items):
-        try:
-            values.append(fn(*item) if star else fn(item))
-        except BaseException as exc:  # noqa: BLE001 - reported on that item
-            values.append(None)
-            errors[i] = wrap(exc)
-    return ChunkResult(values, errors)
-
-
-def run_batched(
-    fn: Callable[..., Any],
-    items: list[Any],
-    wrap: Callable[[BaseException], Any],
-    bisect: bool,
-) -> ChunkResult:
-    """Call a ``@batched`` function once for ``items``; one outcome per item.
-
-    With ``bisect``, a call that raises is repeated on each half of the items,
-    down to single items, so that only the item(s) that make it fail fail
-    (O(log n) extra calls per bad item).
-    """
-    try:
-        out = fn(items)
-    except BaseException as exc:  # noqa: BLE001 - reported on the items
-        if bisect and len(items) > 1:
-            mid = len(items) // 2
-            left = run_batched(fn, items[:mid], wrap, bisect)
-            right = run_batched(fn, items[mid:], wrap, bisect)
-            merged = dict(left.errors)
-            merged.update((mid + i, e) for i, e in right.errors.items())
-            return ChunkResult(left.values + right.values, merged)
-        error = wrap(exc)
-        return ChunkResult([None] * len(items), dict.fromkeys(range(len(items)), error))
-    if not isinstance(out, list) or len(out) != len(items):
-        got = f"list of {len(out)}" if isinstance(out, list) else type(out).__name__
-        name = getattr(fn, "__qualname__", repr(fn))
-        error = wrap(BatchResultError(name, len(items), got))
-        return ChunkResult([None] * len(items), dict.fromkeys(range(len(items)), error))
-    values: list[Any] = []
-    errors: dict[int, Any] = {}
-    for i, value in enumerate(out):
-        if isinstance(value, BaseException):
-            errors[i] = wrap(value)
-            values.append(None)
-        else:
-            values.append(value)
-    return ChunkResult(values, errors)
-
-
-def _encode_outcome(
-    batch_id: int, start: int, values: list[Any], errors: dict[int, Any], run_time: float, final: bool
-) -> tuple[bytes, ...]:
-    """An ``R`` message, as the parts of one message."""
-    # The header stays outside the pickle: if the parent cannot unpickle the
-    # payload it still knows which jobs to fail.
-    header = _OUTCOME_HEADER.pack(MSG_OUTCOME, batch_id, start, len(values), final, run_time)
-    try:
-        return (header, *_pack((values, errors)))
-    except BaseException:  # noqa: BLE001 - SystemExit in __reduce__ must not kill us
-        pass
-    return (header, *_pack(_make_picklable(values, errors)))
-
-
-def parse_outcome(message: bytes | bytearray | memoryview) -> tuple[int, int, int, bool, float, memoryview]:
-    """Split an ``R`` message into batch id, start, count, final, run time, payload."""
-    _, batch_id, start, count, final, run_time = _OUTCOME_HEADER.unpack_from(message)
-    return batch_id, start, count, bool(final), run_time, memoryview(message)[_OUTCOME_HEADER.size :]
-
-
-def _make_picklable(values: list[Any], errors: dict[int, Any]) -> tuple[list[Any], dict[int, Any]]:
-    """Replace each value or error that does not pickle by an error that does."""
-    values = list(values)
-    errors = dict(errors)
-    for i, value in enumerate(values):
-        if i in errors:
-            continue
-        if isinstance(value, ChunkResult):
-            values[i] = ChunkResult(*_make_picklable(value.values, value.errors))
-            continue
-        try:
-            serialization.dumps(value)
-        except BaseException as exc:  # noqa: BLE001 - becomes that job's error
-            values[i] = None
-            errors[i] = ExceptionWithTraceback(exc)
-    for i, error in errors.items():
-        try:
-            serialization.dumps(error)
-        except BaseException:  # noqa: BLE001 - fall back to a stand-in that pickles
-            errors[i] = error.as_remote_error()
-    return values, errors
-
-
-def _run_batch(channel: Any, batch_id: int, kind: int, fn: Callable[..., Any], calls: list[Any]) -> tuple[bytes, ...]:
-    """Run a batch, streaming partial outcomes; return the final outcome, unsent."""
+def _run(
+    channel: Any, control: Control | None, batch_id: int, kind: int, fn: Callable[..., Any], calls: list[Any]
+) -> tuple[tuple[bytes, ...], int]:
+    """Run a batch, streaming partial outcomes; the final outcome (unsent) and jobs run."""
+    t0 = time.perf_counter()
     if kind in BATCHED_KINDS:
-        t0 = time.perf_counter()
-        items = [args[0] for args, _ in calls]
-        out = run_batched(fn, items, ExceptionWithTraceback, kind == BATCHED_BISECT)
-        return _encode_outcome(batch_id, 0, out.values, out.errors, time.perf_counter() - t0, True)
-    values: list[Any] = []
-    errors: dict[int, Any] = {}
+        outcomes = run_batch(fn, kind, calls, ExceptionWithTraceback)
+        return _outcome(batch_id, 0, outcomes, time.perf_counter() - t0, FINAL), len(calls)
+    if control is not None:
+        control.yield_requested()  # a request left from an earlier batch is not for this one
+    outcomes = []
     start = 0
     last = len(calls) - 1
-    t0 = t_sent = time.perf_counter()
+    t_sent = t_checked = t0
     for i, (args, kwargs) in enumerate(calls):
-        try:
-            if kind == CALLS:
-                values.append(fn(*args, **kwargs) if kwargs else fn(*args))
-            else:
-                values.append(run_chunk(fn, args[0], ExceptionWithTraceback, kind == CHUNKS))
-        except BaseException as exc:  # noqa: BLE001 - SystemExit included, as in the stdlib
-            errors[len(values)] = ExceptionWithTraceback(exc)
-            values.append(None)
+        outcomes.append(run_one(fn, kind, args, kwargs, ExceptionWithTraceback))
+        if i == last:
+            break
         now = time.perf_counter()
-        if now - t_sent > STREAM_INTERVAL and i < last:
-            channel.send(*_encode_outcome(batch_id, start, values, errors, now - t0, False))
-            start += len(values)
-            values, errors = [], {}
+        if control is not None and now - t_checked > YIELD_CHECK_AFTER:
+            t_checked = now
+            if control.yield_requested():
+                # The parent has an idle worker for the rest: stop here; jobs
+                # after these never started and go back to its lanes.
+                return _outcome(batch_id, start, outcomes, now - t0, FINAL | YIELDED), i + 1
+        if now - t_sent > STREAM_INTERVAL:
+            channel.send(*_outcome(batch_id, start, outcomes, now - t0, 0))
+            start += len(outcomes)
+            outcomes = []
             t_sent = now
-    return _encode_outcome(batch_id, start, values, errors, time.perf_counter() - t0, True)
+    return _outcome(batch_id, start, outcomes, time.perf_counter() - t0, FINAL), len(calls)
 
 
-def _handle_batch(channel: Any, message: bytes | bytearray | memoryview) -> int:
-    _, batch_id, kind, fn_len = _BATCH_HEADER.unpack_from(message)
-    start = _BATCH_HEADER.size
+def _handle_batch(channel: Any, control: Control | None, message: bytes | bytearray | memoryview) -> int:
+    batch_id, kind, fn_len, start = protocol.decode_batch_header(message)
+    if control is not None and not control.claim():
+        channel.send(protocol.encode_skipped(batch_id))  # the parent took it back
+        return 0
     view = memoryview(message)
     try:
         fn = serialization.loads(view[start : start + fn_len])
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the jobs
-        channel.send(MSG_SPLIT + serialization.dumps((batch_id, ExceptionWithTraceback(exc), True)))
+        channel.send(protocol.MSG_SPLIT + serialization.dumps((batch_id, protocol.picklable_error(exc), True)))
         return 0
     lent: _Lent = []
     try:
         calls = unpack(view[start + fn_len :], lent)
     except BaseException as exc:  # noqa: BLE001 - the parent splits the batch to find the bad job
-        error = ExceptionWithTraceback(exc)  # drops the traceback, and the frames holding views
+        error = protocol.picklable_error(exc)  # drops the traceback, and the frames holding views
         _report_pinned(channel, lent)
-        channel.send(MSG_SPLIT + serialization.dumps((batch_id, error, False)))
+        channel.send(protocol.MSG_SPLIT + serialization.dumps((batch_id, error, False)))
         return 0
     del view, message
-    count = len(calls)
-    final = _run_batch(channel, batch_id, kind, fn, calls)
+    final, count = _run(channel, control, batch_id, kind, fn, calls)
     del calls  # the arguments, and with them the views of the blocks they came in
     _report_pinned(channel, lent)
     channel.send(*final)
@@ -309,7 +195,7 @@ def _report_pinned(channel: Any, lent: _Lent) -> None:
     """Tell the parent which blocks are still in use, before it settles (and reuses) them."""
     pinned = _pinned(lent)
     if pinned:
-        channel.send(MSG_PINNED + serialization.dumps(pinned))
+        channel.send(protocol.MSG_PINNED + serialization.dumps(pinned))
 
 
 def worker_main(spec: WorkerSpec) -> None:
@@ -330,10 +216,10 @@ def worker_main(spec: WorkerSpec) -> None:
             # Logged where ProcessPoolExecutor logs it, so handlers set up for
             # the standard pools see it too.
             logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
-            channel.send(MSG_INIT_FAILED + serialization.dumps(_picklable_error(exc)))
+            channel.send(protocol.MSG_INIT_FAILED + serialization.dumps(protocol.picklable_error(exc)))
             return
     try:
-        _serve(channel, parent, spec.max_tasks)
+        _serve(channel, spec.control, parent, spec.max_tasks)
     except (EOFError, OSError):
         # The parent closed our channel or died: nobody will free this pool's
         # segments but us (the next pool's start would, eventually).
@@ -341,7 +227,7 @@ def worker_main(spec: WorkerSpec) -> None:
             shm.cleanup_prefix(spec.shm_prefix)
 
 
-def _serve(channel: Any, parent: int, max_tasks: int | None) -> None:
+def _serve(channel: Any, control: Control | None, parent: int, max_tasks: int | None) -> None:
     done = 0
     while True:
         message = channel.recv(PARENT_CHECK_INTERVAL)
@@ -350,21 +236,12 @@ def _serve(channel: Any, parent: int, max_tasks: int | None) -> None:
                 raise EOFError("the parent process is gone")
             continue
         tag = message[:1]
-        if tag == MSG_STOP:
+        if tag == protocol.MSG_STOP:
             return
-        if tag == MSG_DROP:
+        if tag == protocol.MSG_DROP:
             _blocks.forget(serialization.loads(message[1:]))
             continue
-        done += _handle_batch(channel, message)
+        done += _handle_batch(channel, control, message)
         del message
         if max_tasks is not None and done >= max_tasks:
             return
-
-
-def _picklable_error(exc: BaseException) -> ExceptionWithTraceback:
-    wrapped = ExceptionWithTraceback(exc)
-    try:
-        serialization.dumps(wrapped)
-    except BaseException:  # noqa: BLE001
-        return wrapped.as_remote_error()
-    return wrapped

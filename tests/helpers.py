@@ -35,6 +35,14 @@ def sleep_and_return(seconds: float, value: Any) -> Any:
     return value
 
 
+def mark_and_sleep(path: str, seconds: float, value: Any) -> Any:
+    """Create ``path`` (the job has started, for a test waiting on it), then sleep."""
+    with open(path, "w"):
+        pass
+    time.sleep(seconds)
+    return value
+
+
 def getpid(_: Any = None) -> int:
     return os.getpid()
 

@@ -1,64 +1,27 @@
-"""The backend interface, and the helpers every backend uses to settle Futures.
+"""The backend interface: run batches on some workers and report what happened.
 
 A backend owns its workers. It pulls batches from the pool's ``Batcher`` when a
-worker has room, runs them, and resolves each job's Future. The executor only
-calls the few methods below, so a new backend (a cluster, say) plugs in without
-touching it.
+worker has room, runs them (through ``batchpool.runner``, here or far away),
+and reports to the pool's ``Ledger``: these jobs produced these outcomes, or
+this worker died having started these jobs. It never settles a Future itself.
+It reads the pool's ``PoolState`` (paused, closing, target size) and moves it
+only to BROKEN (its workers cannot start) or ABORTED (``abort``).
 """
 
 from __future__ import annotations
 
 import abc
 import logging
-from collections.abc import Iterable
-from concurrent.futures import InvalidStateError
 from typing import Any
 
 from ..batching import Batcher
-from ..jobs import Job
+from ..ledger import Ledger
 from ..metrics import Metrics
 from ..options import PoolConfig
 
-__all__ = ["Backend", "cancel_jobs", "fail_jobs", "logger", "settle_failure"]
+__all__ = ["Backend", "logger"]
 
 logger = logging.getLogger("batchpool")
-
-
-def fail_jobs(jobs: Iterable[Job], exc: BaseException, metrics: Metrics | None = None) -> None:
-    """Fail each job's Future with ``exc`` (already cancelled ones stay so)."""
-    failed = 0
-    for job in jobs:
-        try:
-            job.future.set_exception(exc)
-            failed += 1
-        except InvalidStateError:
-            pass  # cancelled or settled meanwhile; checking first would race
-    if metrics is not None:
-        metrics.jobs_failed(failed, exc)
-
-
-def settle_failure(job: Job, exc: BaseException, batcher: Batcher, metrics: Metrics) -> None:
-    """A run of ``job`` failed with ``exc``: queue a retry if its policy allows, else fail it."""
-    policy = job.opts.retry
-    timed_out = isinstance(exc, TimeoutError)
-    if policy is not None and policy.should_retry(exc, attempt=job.attempt):
-        delay = policy.delay(job.attempt)
-        job.attempt += 1
-        logger.info("job %s: retry %d in %.3f s after %r", job.id, job.attempt - 1, delay, exc)
-        metrics.job_failed(job.id, exc, final=False, timed_out=timed_out)
-        batcher.put_delayed(job, delay)
-        return
-    try:
-        job.future.set_exception(exc)
-    except InvalidStateError:
-        return
-    metrics.job_failed(job.id, exc, final=True, timed_out=timed_out)
-
-
-def cancel_jobs(jobs: Iterable[Job]) -> None:
-    """Cancel the Futures of jobs that were never dispatched."""
-    for job in jobs:
-        job.future.cancel()
 
 
 class Backend(abc.ABC):
@@ -67,13 +30,16 @@ class Backend(abc.ABC):
     Args:
         config: the pool's validated configuration.
         batcher: where jobs wait; the backend takes batches from it.
-        metrics: where the backend records batches, outcomes and workers.
+        metrics: where the backend records batches and workers.
+        ledger: where the backend reports outcomes, failures and deaths.
     """
 
-    def __init__(self, config: PoolConfig, batcher: Batcher, metrics: Metrics) -> None:
+    def __init__(self, config: PoolConfig, batcher: Batcher, metrics: Metrics, ledger: Ledger) -> None:
         self.config = config
         self.batcher = batcher
+        self.state = batcher.state
         self.metrics = metrics
+        self.ledger = ledger
 
     @abc.abstractmethod
     def notify(self) -> None:
@@ -81,7 +47,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def begin_shutdown(self) -> None:
-        """The batcher is closed: finish the queued work, then stop the workers."""
+        """The pool is closing: finish the queued work, then stop the workers."""
 
     @abc.abstractmethod
     def join(self, timeout: float | None = None) -> bool:
@@ -91,14 +57,9 @@ class Backend(abc.ABC):
     def abort(self, error: BaseException) -> None:
         """Stop now: fail every unfinished job with ``error`` and stop the workers."""
 
-    @property
-    @abc.abstractmethod
-    def broken(self) -> BaseException | None:
-        """The error every new submit gets once the pool cannot run work at all."""
-
-    @abc.abstractmethod
     def in_flight(self) -> int:
         """Jobs dispatched to workers and not settled yet."""
+        return self.ledger.in_flight()
 
     @abc.abstractmethod
     def worker_states(self) -> list[tuple[int, int, str, int, bool]]:

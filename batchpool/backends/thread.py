@@ -1,14 +1,22 @@
 """Thread backend: worker threads in this process, no serialization.
 
-Threads are started on demand, like ``ThreadPoolExecutor``'s: a submit that
-finds no idle thread starts one, up to ``max_workers``. An idle thread waits
-inside ``Batcher.take_wait``; the batch it gets is run job by job and each
-Future is resolved as soon as its job returns.
+Threads start as ``ThreadPoolExecutor``'s do: every submit takes an idle token
+(a thread that went idle leaves one), and a submit that finds none starts a
+new thread, up to ``max_workers``. An idle thread waits in
+``Batcher.take_wait``; the batch it gets runs job by job through the shared
+runner, and the ledger settles each Future as soon as its job returns.
+
+Work-conserving: a thread that finds no ready lane takes the unstarted rest
+of a busy thread's batch (from its far end) once that thread's current job
+has run ``STEAL_AFTER`` seconds, so no job waits behind a slow batch-mate
+while a thread is idle (an ``Event.wait`` and its ``Event.set`` batched
+together must not deadlock, as they would not with the standard pool).
 
 Timeouts: a thread cannot be stopped from outside. A watchdog thread (started
-with the first job that has a timeout) fails the job's Future on time with
-``TimeoutError``, marks its thread abandoned and starts a replacement; the
-abandoned thread drops the job's late result and exits when the job returns.
+with the first timed job) fails the job on time with ``JobTimeoutError``,
+marks its thread abandoned and starts a replacement; the abandoned thread's
+late result is dropped by the ledger (its attempt number is stale), the rest
+of its batch goes back to the lanes, and it exits when the job returns.
 """
 
 from __future__ import annotations
@@ -19,60 +27,74 @@ import logging
 import os
 import threading
 import time
-from concurrent.futures import InvalidStateError
+from collections import deque
 from concurrent.futures.thread import BrokenThreadPool
 from typing import Any
 
 from ..batching import Batcher
-from ..jobs import BATCHED_BISECT, BATCHED_KINDS, CHUNK_KINDS, CHUNKS, Batch, Job
+from ..errors import JobTimeoutError
+from ..jobs import BATCHED_KINDS, Batch, Job
+from ..ledger import Ledger
 from ..metrics import Metrics
 from ..options import PoolConfig
-from ..worker import run_batched, run_chunk
-from .base import Backend, fail_jobs, logger, settle_failure
+from ..runner import identity, run_batch, run_one
+from .base import Backend, logger
 
-__all__ = ["ThreadBackend"]
+__all__ = ["STEAL_AFTER", "ThreadBackend"]
+
+#: An idle thread takes unstarted jobs from a busy thread's batch once the
+#: busy thread's current job has run this long (tiny jobs stay batched).
+STEAL_AFTER = 0.001
 
 _pool_numbers = itertools.count()
 
 
-def _identity(exc: BaseException) -> BaseException:
-    return exc
+class _Run:
+    """A batch being run by one thread: its unstarted jobs can be taken from the far end."""
+
+    __slots__ = ("batch", "jobs", "t_job")
+
+    def __init__(self, batch: Batch) -> None:
+        self.batch = batch
+        self.jobs: deque[Job] = deque(batch.jobs)
+        self.t_job = time.monotonic()
 
 
 class ThreadBackend(Backend):
     """Runs batches on up to ``max_workers`` threads of this process."""
 
-    def __init__(self, config: PoolConfig, batcher: Batcher, metrics: Metrics) -> None:
-        super().__init__(config, batcher, metrics)
+    def __init__(self, config: PoolConfig, batcher: Batcher, metrics: Metrics, ledger: Ledger) -> None:
+        super().__init__(config, batcher, metrics, ledger)
         self._prefix = config.thread_name_prefix or f"BatchPoolExecutor-{next(_pool_numbers)}"
         self._threads: list[threading.Thread] = []
         self._abandoned: set[threading.Thread] = set()
-        # Guards thread creation and the abandoned set (never held while jobs run).
+        # Guards thread creation, the abandoned set and the deadlines (never
+        # held while a job runs).
         self._lock = threading.Lock()
         self._names = itertools.count()
-        self._broken: BaseException | None = None
-        self._aborted: BaseException | None = None
-        # Jobs with a timeout that are running now: job id -> job. Whoever pops
-        # a job first (its thread or the watchdog) settles its Future.
-        self._timed: dict[int, Job] = {}
-        self._deadlines: list[tuple[float, int, threading.Thread]] = []
+        # One token per idle thread, as in ThreadPoolExecutor: a submit that
+        # takes one needs no new thread.
+        self._idle = threading.Semaphore(0)
+        self._runs: set[_Run] = set()
+        # Timed jobs running now: job id -> (job, attempt, thread), and their
+        # deadlines. Whoever pops an entry first (its thread or the watchdog) decides.
+        self._timed: dict[int, tuple[Job, int, threading.Thread]] = {}
+        self._deadlines: list[tuple[float, int]] = []
         self._watch = threading.Condition(self._lock)
         self._watchdog: threading.Thread | None = None
-        # Jobs running now, so that abort() can fail them.
-        self._running: dict[int, Job] = {}
         self._busy: set[threading.Thread] = set()
 
-    def notify(self) -> None:
-        if self.batcher.waiters or self._live() >= self.config.max_workers:
-            return  # an idle thread was woken by put(), or the pool is full
-        self._spawn()
+    # -- starting threads --------------------------------------------------------------
 
-    def _live(self) -> int:
-        return len(self._threads) - len(self._abandoned)
+    def notify(self) -> None:
+        if self._idle.acquire(blocking=False):
+            return  # an idle thread will take it
+        if len(self._threads) - len(self._abandoned) < self.state.target_workers:
+            self._spawn()
 
     def _spawn(self) -> None:
         with self._lock:
-            if self._live() >= self.config.max_workers or self._broken is not None or self._aborted:
+            if len(self._threads) - len(self._abandoned) >= self.state.target_workers or self.state.stopped:
                 return
             thread = threading.Thread(
                 target=self._work,
@@ -83,7 +105,7 @@ class ThreadBackend(Backend):
             self._threads.append(thread)
 
     def _stop(self) -> bool:
-        return self._broken is not None or self._aborted is not None or threading.current_thread() in self._abandoned
+        return self.state.stopped or threading.current_thread() in self._abandoned
 
     def _work(self) -> None:
         config = self.config
@@ -95,150 +117,171 @@ class ThreadBackend(Backend):
                 self._initializer_failed()
                 return
         while True:
-            batch = self.batcher.take_wait(stop=self._stop)
+            batch = self.batcher.take_wait(stop=self._stop, steal=self._steal)
             if batch is None:
                 return
             self._run(batch)
             # Drop the batch before waiting again: it holds the callable and the
             # arguments, which the user expects to be freed once a job is done.
             del batch
+            if self._stop():
+                return
+            self._idle.release()
+
+    # -- running --------------------------------------------------------------------------
 
     def _run(self, batch: Batch) -> None:
-        claimed = batch.claim()
-        self.metrics.jobs_cancelled(batch.cancelled)
-        if not claimed:
+        if not self.ledger.claim(batch):
             return
-        batch.mark_dispatched()
-        self.metrics.batch_sent(len(batch.jobs), batch.reason, batch.t_dispatch - batch.mean_submit)
-        self._busy.add(threading.current_thread())
+        if batch.record is None:
+            batch.mark_dispatched()
+            self.metrics.batch_sent(len(batch.jobs), batch.reason, batch.t_dispatch - batch.mean_submit)
+        me = threading.current_thread()
+        self._busy.add(me)
         t0 = time.perf_counter()
         if batch.kind in BATCHED_KINDS:
-            self._run_batched(batch)
+            ran = self._run_batched(batch)
         else:
-            self._run_calls(batch)
+            ran = self._run_calls(batch, me)
         run_time = time.perf_counter() - t0
-        self._busy.discard(threading.current_thread())
-        batch.mark_done(run_time)
-        self.batcher.record(batch.timing_key, len(batch.jobs), run_time)
-        self.metrics.batch_done(len(batch.jobs), run_time, time.monotonic() - batch.mean_submit, batch.record)
+        self._busy.discard(me)
+        batch.jobs = ran  # the jobs this thread ran (others were taken, or given back)
+        self.ledger.finish(batch, run_time)
 
-    def _run_calls(self, batch: Batch) -> None:
-        fn = batch.fn
-        chunks = batch.kind in CHUNK_KINDS
-        star = batch.kind == CHUNKS
-        running = self._running
-        me = threading.current_thread()
-        job = None
-        ok = 0
-        for job in batch.jobs:
-            if me in self._abandoned:
-                # Our thread was given up on (a timeout): the rest of the batch
-                # goes back to the lanes for the replacement thread.
-                for rest in batch.jobs[batch.jobs.index(job) :]:
-                    self.batcher.put_delayed(rest, 0.0)
-                break
-            timeout = job.opts.timeout
-            if timeout is not None:
-                self._watch_job(job, timeout)
-            running[job.id] = job
-            try:
-                if chunks:
-                    result: Any = run_chunk(fn, job.args[0], _identity, star)
-                elif job.kwargs:
-                    result = fn(*job.args, **job.kwargs)
+    def _run_calls(self, batch: Batch, me: threading.Thread) -> list[Job]:
+        run = _Run(batch)
+        if len(run.jobs) > 1:
+            self._runs.add(run)
+            if self.batcher.waiters:
+                self.batcher.wake_all()  # an idle thread may take part of it
+        fn, kind, ledger = batch.fn, batch.kind, self.ledger
+        ran: list[Job] = []
+        try:
+            while True:
+                try:
+                    job = run.jobs.popleft()
+                except IndexError:
+                    break
+                if me in self._abandoned:
+                    # Given up on (a timeout): the rest goes back for the replacement.
+                    rest = [job, *run.jobs]
+                    run.jobs.clear()
+                    ledger.requeue(rest)
+                    break
+                run.t_job = time.monotonic()
+                attempt = job.attempt
+                timeout = job.opts.timeout
+                if timeout is not None:
+                    self._watch_job(job, attempt, timeout, me)
+                ok, value = run_one(fn, kind, job.args, job.kwargs, identity)
+                if timeout is not None:
+                    self._unwatch(job)
+                ran.append(job)
+                batch.done += 1
+                if ok:
+                    ledger.succeed(job, value, attempt)
                 else:
-                    result = fn(*job.args)
-            except BaseException as exc:  # noqa: BLE001 - the job's own outcome
-                if self._finish(job, timeout):
-                    settle_failure(job, exc, self.batcher, self.metrics)
-            else:
-                if self._finish(job, timeout):
-                    try:
-                        job.future.set_result(result)
-                        ok += 1
-                    except InvalidStateError:
-                        pass  # failed by abort() meanwhile
-        self.metrics.results(ok)
-        # A raised exception's traceback holds this frame; clearing the locals
-        # breaks the cycle exception -> frame -> job -> future -> exception.
-        del job, fn, batch
+                    ledger.fail(job, value, attempt=attempt)
+                # A raised exception's traceback holds this frame; dropping the
+                # locals breaks the cycle exception -> frame -> job -> future.
+                del value, job
+        finally:
+            self._runs.discard(run)
+        return ran
 
-    def _finish(self, job: Job, timeout: float | None) -> bool:
-        """True when this thread, not the watchdog or abort(), settles the job."""
-        self._running.pop(job.id, None)
-        if timeout is None:
-            return self._aborted is None
-        return self._timed.pop(job.id, None) is not None
-
-    def _run_batched(self, batch: Batch) -> None:
+    def _run_batched(self, batch: Batch) -> list[Job]:
         jobs = batch.jobs
-        for job in jobs:
-            self._running[job.id] = job
-        out = run_batched(batch.fn, [job.args[0] for job in jobs], _identity, batch.kind == BATCHED_BISECT)
-        for i, job in enumerate(jobs):
-            if self._running.pop(job.id, None) is None:
-                continue
-            if i in out.errors:
-                settle_failure(job, out.errors[i], self.batcher, self.metrics)
+        me = threading.current_thread()
+        attempts = [job.attempt for job in jobs]
+        timeout = jobs[0].opts.timeout
+        if timeout is not None:
+            for job, attempt in zip(jobs, attempts, strict=True):
+                self._watch_job(job, attempt, timeout, me)
+        outcomes = run_batch(batch.fn, batch.kind, [(job.args, job.kwargs) for job in jobs], identity)
+        for job, attempt, (ok, value) in zip(jobs, attempts, outcomes, strict=True):
+            if timeout is not None:
+                self._unwatch(job)
+            if ok:
+                self.ledger.succeed(job, value, attempt)
             else:
-                job.future.set_result(out.values[i])
-                self.metrics.results(1)
+                self.ledger.fail(job, value, attempt=attempt)
+        batch.done = len(jobs)
+        return jobs
 
-    # -- timeouts --------------------------------------------------------------------
+    def _steal(self, now: float) -> tuple[Batch | None, float | None]:
+        """Take the unstarted half of a slow batch's rest, or say when to look again."""
+        retry_at: float | None = None
+        for run in list(self._runs):
+            if not run.jobs:
+                continue
+            ready_at = run.t_job + STEAL_AFTER
+            if ready_at > now:
+                retry_at = ready_at if retry_at is None else min(retry_at, ready_at)
+                continue
+            stolen: list[Job] = []
+            for _ in range(max(1, len(run.jobs) // 2)):
+                try:
+                    stolen.append(run.jobs.pop())  # the far end: the owner pops the near one
+                except IndexError:
+                    break
+            if stolen:
+                stolen.reverse()
+                return Batch(stolen, "steal", run.batch.timing_key), None
+        return None, retry_at
 
-    def _watch_job(self, job: Job, timeout: float) -> None:
+    # -- timeouts ----------------------------------------------------------------------
+
+    def _watch_job(self, job: Job, attempt: int, timeout: float, thread: threading.Thread) -> None:
         with self._lock:
-            self._timed[job.id] = job
-            heapq.heappush(self._deadlines, (time.monotonic() + timeout, job.id, threading.current_thread()))
+            self._timed[job.id] = (job, attempt, thread)
+            heapq.heappush(self._deadlines, (time.monotonic() + timeout, job.id))
             if self._watchdog is None:
                 self._watchdog = threading.Thread(target=self._watch_loop, name=f"{self._prefix}_watchdog", daemon=True)
                 self._watchdog.start()
             self._watch.notify()
 
+    def _unwatch(self, job: Job) -> None:
+        with self._lock:
+            self._timed.pop(job.id, None)
+            if not self._timed and self.batcher.closed:
+                self._watch.notify()  # the watchdog may stop now
+
     def _watch_loop(self) -> None:
         with self._lock:
             while True:
-                if self._done_watching():
-                    return
+                if (self.batcher.closed or self.state.stopped) and not self._timed:
+                    return  # deadlines left are stale: their jobs finished
                 now = time.monotonic()
                 expired = []
                 while self._deadlines and self._deadlines[0][0] <= now:
-                    expired.append(heapq.heappop(self._deadlines))
+                    _, job_id = heapq.heappop(self._deadlines)
+                    entry = self._timed.pop(job_id, None)
+                    if entry is not None:
+                        expired.append(entry)
+                        self._abandoned.add(entry[2])
                 if not expired:
                     wait = self._deadlines[0][0] - now if self._deadlines else None
                     self._watch.wait(wait)
                     continue
                 self._lock.release()
                 try:
-                    for _, job_id, thread in expired:
-                        self._expire(job_id, thread)
+                    for job, attempt, thread in expired:
+                        timeout = job.opts.timeout
+                        logger.warning(
+                            "job %s ran over its %.3g s timeout; thread %s abandoned", job.id, timeout, thread.name
+                        )
+                        self.ledger.fail(job, JobTimeoutError(timeout), attempt=attempt)
+                        self._spawn()  # the replacement
+                    self.batcher.wake_all()
                 finally:
                     self._lock.acquire()
 
-    def _done_watching(self) -> bool:
-        return not self._deadlines and (self.batcher.closed or self._aborted is not None) and not self._timed
-
-    def _expire(self, job_id: int, thread: threading.Thread) -> None:
-        job = self._timed.pop(job_id, None)
-        if job is None:
-            return  # finished in time
-        self._running.pop(job_id, None)
-        timeout = job.opts.timeout
-        logger.warning("job %s ran over its %.3g s timeout; its thread %s is abandoned", job_id, timeout, thread.name)
-        with self._lock:
-            self._abandoned.add(thread)
-        settle_failure(job, TimeoutError(f"job ran longer than its timeout of {timeout} s"), self.batcher, self.metrics)
-        self._spawn()  # the replacement
-        self.batcher.wake_all()
-
-    # -- lifecycle ---------------------------------------------------------------------
+    # -- lifecycle -----------------------------------------------------------------------
 
     def _initializer_failed(self) -> None:
         error = BrokenThreadPool("A thread initializer failed, the thread pool is not usable anymore")
-        self._broken = error
-        self.batcher.close(str(error), error=BrokenThreadPool)
-        fail_jobs(self.batcher.drain(), error, self.metrics)
-        self.batcher.wake_all()
+        if self.state.break_(error):
+            self.ledger.abort(error)
 
     def begin_shutdown(self) -> None:
         self.batcher.wake_all()
@@ -246,16 +289,12 @@ class ThreadBackend(Backend):
             self._watch.notify_all()
 
     def abort(self, error: BaseException) -> None:
-        self._aborted = error
-        self.batcher.close(str(error))
-        fail_jobs(self.batcher.drain(), error, self.metrics)
-        jobs = list(self._running.values())
-        self._running.clear()
-        self._timed.clear()
-        fail_jobs(jobs, error, self.metrics)
+        self.state.abort(error)
+        self.ledger.abort(error)
         self.batcher.wake_all()
         with self._lock:
             self._deadlines.clear()
+            self._timed.clear()
             self._watch.notify_all()
 
     def join(self, timeout: float | None = None) -> bool:
@@ -267,22 +306,15 @@ class ThreadBackend(Backend):
         for thread in threads:
             if thread is current:  # shutdown() from a done-callback on a worker
                 continue
-            if thread in self._abandoned or self._aborted is not None:
+            if thread in self._abandoned or self.state.phase.name == "ABORTED":
                 continue  # cannot be stopped; it exits when its job returns
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 return False
         return True
 
-    @property
-    def broken(self) -> BaseException | None:
-        return self._broken
-
     def compat_workers(self) -> dict[Any, Any]:
         return {t.ident: t for t in self._threads if t not in self._abandoned}
-
-    def in_flight(self) -> int:
-        return len(self._running)
 
     def worker_states(self) -> list[tuple[int, int, str, int, bool]]:
         pid = os.getpid()

@@ -36,7 +36,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import math
-import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
@@ -44,6 +43,7 @@ from typing import Any
 
 from ..jobs import BATCHED_KINDS, Batch, Job
 from ..options import Priority
+from ..state import Phase, PoolState
 
 __all__ = ["AGE_STEP", "Batcher", "lane_key"]
 
@@ -106,6 +106,9 @@ class Batcher:
         auto: size batches of ``@batched`` functions by measured time too
             (``max_batch_size="auto"``); plain jobs always are.
         clock: monotonic clock, injectable for tests.
+        state: the pool's lifecycle, whose lock the lanes share (a fresh one
+            by default): nothing is handed out while it is paused, and every
+            lane flushes at once once it is closing.
 
     Example:
         >>> from concurrent.futures import Future
@@ -126,18 +129,20 @@ class Batcher:
         max_pending: int | None = None,
         auto: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        state: PoolState | None = None,
     ) -> None:
+        self.state = state if state is not None else PoolState(1)
         self.max_batch_size = max_batch_size
         self.auto = auto
         self.max_delay = max_delay
         self.target_batch_time = target_batch_time
         self.max_pending = max_pending
         self._clock = clock
-        # One lock for lanes and counters; every critical section is a few
-        # dict/deque operations, and no user code runs under it.
-        self._lock = threading.Lock()
-        self._cond = threading.Condition(self._lock)  # idle worker threads wait here
-        self._space = threading.Condition(self._lock)  # blocked submitters wait here
+        # One lock for lanes, counters and the pool's lifecycle; every critical
+        # section is a few dict/deque operations, and no user code runs under it.
+        self._lock = self.state.lock
+        self._cond = self.state.condition()  # idle worker threads wait here
+        self._space = self.state.condition()  # blocked submitters wait here
         self._lanes: dict[tuple[Any, ...], _Lane] = {}
         # Lanes that hold jobs, per priority, in round-robin order.
         self._active: dict[int, OrderedDict[tuple[Any, ...], _Lane]] = {int(p): OrderedDict() for p in Priority}
@@ -149,9 +154,6 @@ class Batcher:
         self.submitted = 0  # jobs ever accepted by put()
         self._waiters = 0  # threads blocked in take_wait(); read without the lock
         self._space_waiters = 0
-        self._closed = False  # no more put(); every lane flushes at once
-        self._closed_reason = ""
-        self._closed_error: type[BaseException] = RuntimeError
         self._last_realtime = -REALTIME_WINDOW * 2
 
     # -- submit side ---------------------------------------------------------
@@ -177,8 +179,9 @@ class Batcher:
         """
         key = lane_key(job)
         with self._lock:
-            if self._closed:
-                raise self._closed_error(self._closed_reason)
+            refusal = self.state.refusal()
+            if refusal is not None:
+                raise refusal
             limit = self.max_pending
             if limit is not None and self._pending >= limit:
                 if not block:
@@ -186,15 +189,16 @@ class Batcher:
                 deadline = None if timeout is None else self._clock() + timeout
                 self._space_waiters += 1
                 try:
-                    while self._pending >= limit and not self._closed:
+                    while self._pending >= limit and self.state.accepting:
                         remaining = None if deadline is None else deadline - self._clock()
                         if remaining is not None and remaining <= 0:
                             return False
                         self._space.wait(remaining)
                 finally:
                     self._space_waiters -= 1
-                if self._closed:
-                    raise self._closed_error(self._closed_reason)
+                refusal = self.state.refusal()
+                if refusal is not None:
+                    raise refusal
             self._queue_locked(key, job)
             self.submitted += 1
             return True
@@ -206,19 +210,38 @@ class Batcher:
             self._pending += 1
             self._cond.notify()
 
+    def put_back(self, jobs: list[Job]) -> None:
+        """Return jobs that were taken but never started to the front of their lanes.
+
+        They keep their place ahead of later arrivals, and are never refused
+        (not even by ``max_pending`` or a closing pool: they were accepted).
+        """
+        with self._lock:
+            for job in reversed(jobs):
+                key = lane_key(job)
+                lane = self._lane_locked(key, job)
+                lane.jobs.appendleft(job)
+                self._pending += 1
+            if self._waiters:
+                self._cond.notify(len(jobs))
+
     def _queue_locked(self, key: tuple[Any, ...], job: Job) -> None:
         if key[0] == Priority.REALTIME:
             self._last_realtime = job.t_submit
+        self._lane_locked(key, job).jobs.append(job)
+        self._pending += 1
+        if self._waiters:
+            self._cond.notify()
+
+    def _lane_locked(self, key: tuple[Any, ...], job: Job) -> _Lane:
+        """The lane of ``key``, made if needed, and marked active (it is about to get a job)."""
         lane = self._lanes.get(key)
         if lane is None:
             size, delay = self._policies.get(key[2], (self.max_batch_size, self.max_delay))
             lane = self._lanes[key] = _Lane(key, job, size, delay)
         if not lane.jobs:
             self._active[lane.priority][key] = lane
-        lane.jobs.append(job)
-        self._pending += 1
-        if self._waiters:
-            self._cond.notify()
+        return lane
 
     @property
     def pending(self) -> int:
@@ -258,23 +281,37 @@ class Batcher:
         with self._lock:
             return self._take_locked(max_jobs, max(1, idle_workers), prefetch, max(1, workers), self._clock())
 
-    def take_wait(self, *, stop: Callable[[], bool]) -> Batch | None:
+    def take_wait(
+        self,
+        *,
+        stop: Callable[[], bool],
+        steal: Callable[[float], tuple[Batch | None, float | None]] | None = None,
+    ) -> Batch | None:
         """Block until a batch is ready and return it (worker threads).
 
-        Returns None when the batcher is closed and empty, or ``stop()`` is true.
+        ``steal(now)``, called when no lane is ready, may return a batch taken
+        from a busy thread instead, or when to ask again. Returns None when
+        the pool is closing and nothing is queued, or ``stop()`` is true.
         """
         with self._lock:
             while True:
-                if stop():
+                if stop() or self.state.stopped:
                     return None
                 now = self._clock()
                 batch = self._take_locked(self.max_batch_size, self._waiters + 1, False, 1, now)
                 if batch is not None:
                     return batch
-                if self._closed and not self._pending:
+                retry_at = None
+                if steal is not None and not self.state.paused:
+                    batch, retry_at = steal(now)
+                    if batch is not None:
+                        return batch
+                if self.state.closing and not self._pending:
                     self._cond.notify_all()  # let the other idle threads see it too
                     return None
                 deadline = self._next_deadline_locked()
+                if retry_at is not None:
+                    deadline = retry_at if deadline is None else min(deadline, retry_at)
                 self._waiters += 1
                 try:
                     self._cond.wait(None if deadline is None else max(0.0, deadline - now))
@@ -282,6 +319,8 @@ class Batcher:
                     self._waiters -= 1
 
     def _take_locked(self, max_jobs: int, idle: int, prefetch: bool, workers: int, now: float) -> Batch | None:
+        if self.state.phase != Phase.RUNNING and not self.state.closing:
+            return None  # paused: queued work waits (retry backoffs still count down)
         if self._delayed and self._delayed[0][0] <= now:
             self._promote_locked(now)
         for key, lane, reason in self._candidates(now):
@@ -317,7 +356,7 @@ class Batcher:
         return starving + ready
 
     def _ready(self, lane: _Lane, now: float) -> str | None:
-        if self._closed:
+        if self.state.closing:
             return "shutdown"
         if len(lane.jobs) >= lane.max_batch_size:
             return "size"
@@ -332,7 +371,7 @@ class Batcher:
             return 0 if prefetch else 1  # a timeout is measured from the job's own start
         queued = len(lane.jobs)
         size = min(lane.max_batch_size, max_jobs, queued)
-        if lane.max_delay and not self._closed:
+        if lane.max_delay and not self.state.closing:
             return size  # the user asked for size-or-delay batches: keep them whole
         if lane.jobs[0].kind in BATCHED_KINDS and not self.auto:
             return size  # batch functions: the batch is the user's unit of work
@@ -392,7 +431,7 @@ class Batcher:
 
     def _next_deadline_locked(self) -> float | None:
         deadlines = [self._delayed[0][0]] if self._delayed else []
-        if not self._closed:
+        if not self.state.closing:
             deadlines.extend(
                 lane.jobs[0].t_submit + lane.max_delay
                 for active in self._active.values()
@@ -403,27 +442,15 @@ class Batcher:
 
     # -- lifecycle ---------------------------------------------------------------
 
-    def close(
-        self,
-        reason: str,
-        *,
-        cancel: bool = False,
-        error: type[BaseException] = RuntimeError,
-    ) -> list[Job]:
-        """Refuse new jobs from now on; flush every lane without lingering.
+    def cancel_queued(self) -> list[Job]:
+        """Remove every queued job whose Future has not started, and return them.
 
-        ``put`` raises ``error(reason)`` from now on; a later call with another
-        error (a pool that breaks while shutting down) replaces it. With
-        ``cancel``, remove every queued job that has not started and return
-        them (the caller cancels their Futures, outside any lock, since that
-        runs callbacks); retries waiting for their backoff stay.
+        The caller cancels their Futures, outside any lock, since that runs
+        callbacks. Jobs already started (a retry waiting for its backoff, or
+        the unstarted rest of a batch given back) stay and run.
         """
         with self._lock:
-            if not self._closed or error is not RuntimeError:
-                self._closed = True
-                self._closed_reason = reason
-                self._closed_error = error
-            removed = self._drain_locked(started=False) if cancel else []
+            removed = self._drain_locked(started=False)
             self._cond.notify_all()
             self._space.notify_all()
         return removed
@@ -444,7 +471,12 @@ class Batcher:
         if started:
             removed.extend(job for _, _, job in self._delayed)
             self._delayed.clear()
-        self._pending = len(self._delayed)
+        else:
+            keep = [job for job in removed if job.started]
+            removed = [job for job in removed if not job.started]
+            for job in keep:
+                self._lane_locked(lane_key(job), job).jobs.append(job)
+        self._pending = len(self._delayed) + sum(len(lane.jobs) for lane in self._lanes.values())
         return removed
 
     def wake_all(self) -> None:
@@ -454,5 +486,5 @@ class Batcher:
 
     @property
     def closed(self) -> bool:
-        """True once ``close()`` was called."""
-        return self._closed
+        """True once the pool is closing (no new jobs; lanes flush at once)."""
+        return self.state.closing

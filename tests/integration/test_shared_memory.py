@@ -182,11 +182,12 @@ def test_large_results_come_back_through_shared_memory_as_arrays_of_your_own() -
     assert not _leftovers(os.getpid()), "the parent unlinks a result segment once it has mapped it"
 
 
-def test_no_segment_survives_a_worker_killed_mid_batch() -> None:
+def test_no_segment_survives_a_worker_killed_mid_batch(tmp_path: Path) -> None:
     arr = np.ones(MB64 // 8)
+    started = str(tmp_path / "started")
     with BatchPoolExecutor(max_workers=1) as ex:
-        fut = ex.submit(helpers.sleep_and_return, 60, arr)
-        helpers.wait_until(fut.running, what="the job to run")
+        fut = ex.submit(helpers.mark_and_sleep, started, 60, arr)
+        helpers.wait_until(lambda: os.path.exists(started), what="the job to start")
         pid = next(iter(ex._processes.values())).pid
         os.kill(pid, signal.SIGKILL)
         with pytest.raises(WorkerCrashedError):

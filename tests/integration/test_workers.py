@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import os
 import signal
 import subprocess
@@ -43,15 +45,17 @@ def test_max_tasks_per_child_refuses_fork() -> None:
 
 
 @pytest.mark.parametrize("how", ["exit", "sigkill"])
-def test_a_dead_worker_fails_its_jobs_and_the_pool_goes_on(how: str) -> None:
+def test_a_dead_worker_fails_its_jobs_and_the_pool_goes_on(how: str, tmp_path: Any) -> None:
+    started = str(tmp_path / "started")
     with BatchPoolExecutor(max_workers=2) as ex:
         pid = ex.submit(helpers.getpid).result(TIMEOUT)
         if how == "exit":
             victim = ex.submit(helpers.exit_now, 3)
         else:
-            victim = ex.submit(helpers.sleep_and_return, 60, None)
-            # Kill the worker that runs it: wait until the job is out of the lane.
-            helpers.wait_until(victim.running, what="the victim to run")
+            victim = ex.submit(helpers.mark_and_sleep, started, 60, None)
+            # Kill the worker that runs it once it has started (a worker killed
+            # before it starts a batch is not blamed: the batch just goes again).
+            helpers.wait_until(lambda: os.path.exists(started), what="the victim to start")
             for process in ex._processes.values():
                 os.kill(process.pid, signal.SIGKILL)
         with pytest.raises(WorkerCrashedError) as info:

@@ -9,6 +9,8 @@ from hypothesis import strategies as st
 
 from batchpool.batching import Batcher
 from batchpool.jobs import Job
+from batchpool.ledger import Ledger
+from batchpool.metrics import Metrics
 
 
 class Clock:
@@ -109,7 +111,7 @@ def test_close_flushes_and_refuses() -> None:
     clock = Clock()
     b = Batcher(max_batch_size=10, max_delay=60, clock=clock)
     b.put(job(clock=clock))
-    b.close("closed for the day")
+    b.state.close("closed for the day")
     batch = b.take(max_jobs=10, idle_workers=1)
     assert batch is not None and batch.reason == "shutdown"
     try:
@@ -149,6 +151,7 @@ def test_a_batch_holds_one_callable() -> None:
 def test_every_job_is_dispatched_once_or_cancelled(ops: list, size: int, delay: float) -> None:  # type: ignore[type-arg]
     clock = Clock()
     b = Batcher(max_batch_size=size, max_delay=delay, clock=clock)
+    ledger = Ledger(b, Metrics())
     b.record(("builtins", "abs", 0), 1, 1e-7)
     submitted: list[Job] = []
     taken: list[Job] = []
@@ -160,16 +163,16 @@ def test_every_job_is_dispatched_once_or_cancelled(ops: list, size: int, delay: 
             batch = b.take(max_jobs=10, idle_workers=arg)
             if batch is not None:
                 assert 1 <= len(batch.jobs) <= size
-                batch.claim()  # drops the cancelled ones, as a backend does
+                ledger.claim(batch)  # drops the cancelled ones, as a backend does
                 taken.extend(batch.jobs)
         elif op == "cancel":
             if submitted:
                 submitted[arg % len(submitted)].future.cancel()
         else:
             clock.now += arg
-    b.close("done")
+    b.state.close("done")
     while (batch := b.take(max_jobs=10, idle_workers=1)) is not None:
-        batch.claim()
+        ledger.claim(batch)
         taken.extend(batch.jobs)
     ran = sorted(j.id for j in taken)
     assert len(ran) == len(set(ran)), "a job was dispatched twice"

@@ -3,7 +3,7 @@
 Data flow (parent side)::
 
     submit() -> Batcher lanes
-                   |  take() when a worker has a free slot
+                   |  take() when a worker has a free slot; ledger.claim()
                    v
     manager thread --- channel.send(batch) ---> worker process (worker.py)
         ^                                            |
@@ -11,18 +11,20 @@ Data flow (parent side)::
         |    every worker's result channel  <--------+
         |    every worker's sentinel (death)
         |    every channel with output queued (room to write)
-        |    the wake-up pipe (new jobs, shutdown)
+        |    the wake-up pipe (new jobs, a state change)
         v
-    Futures resolved; dead workers' unfinished jobs failed; workers respawned
+    ledger: outcomes settled, retries queued; dead workers' batches split or
+    sent again; workers respawned
 
 One thread does all of it and never blocks anywhere but in ``select``: no
-polling, and no state shared with submitters beyond the Batcher and two flags
-(``_wake_pending``, ``_can_dispatch``) that keep ``notify()`` nearly free.
+polling, and no state shared with submitters beyond the Batcher, the
+PoolState and two flags (``_wake_pending``, ``_can_dispatch``) that keep
+``notify()`` nearly free.
 
-Workers start on demand (except with ``fork``, see ``_start``). A worker holds
-at most ``PREFETCH`` batches, and a second one only when its jobs are known
-to be quick; everything else waits in the Batcher, where it can still be
-cancelled, reprioritised, or batched with later arrivals.
+Work-conserving: when a worker is idle and no lane has work, the manager
+takes back a busy worker's prefetched batch if it has not started (claim
+tokens), or asks it to give back the unstarted rest of its running batch
+(the yield bell), so no job waits behind a slow one while a worker idles.
 """
 
 from __future__ import annotations
@@ -34,89 +36,39 @@ import selectors
 import threading
 import time
 from collections import deque
-from concurrent.futures import InvalidStateError
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from .. import serialization
-from ..batching import Batcher
-from ..errors import TransportError, WorkerCrashedError, describe_exit
-from ..jobs import Batch
-from ..metrics import Metrics
-from ..options import OOB_THRESHOLD, PoolConfig
-from ..transport import PipeTransport, ring, shm
-from ..transport.base import Channel, Message
-from ..worker import (
-    MSG_DROP,
-    MSG_INIT_FAILED,
-    MSG_OUTCOME,
-    MSG_PINNED,
-    MSG_SPLIT,
-    MSG_STOP,
-    WorkerSpec,
-    encode_batch,
-    parse_outcome,
-    unpack,
-    worker_main,
-)
-from .base import Backend, fail_jobs, logger, settle_failure
+from ... import protocol, serialization
+from ...batching import Batcher
+from ...errors import JobTimeoutError, TransportError, WorkerCrashedError, describe_exit
+from ...jobs import Batch
+from ...ledger import Ledger
+from ...metrics import Metrics
+from ...options import PoolConfig
+from ...state import Phase
+from ...transport import PipeTransport, ring, shm
+from ...transport.base import Message
+from ...worker import open_buffers
+from ..base import Backend, logger
+from .payload import encode
+from .workers import STOP_GRACE, Worker, close_worker, start_worker, stop_workers
 
-__all__ = ["ProcessBackend"]
+__all__ = ["PREFETCH", "ProcessBackend"]
 
 #: Batches one worker may hold at once: the one it runs and one waiting, so it
 #: never idles between batches. The second goes out only for quick jobs.
 PREFETCH = 2
-#: Seconds a stopping worker gets to exit before it is terminated, then killed.
-STOP_GRACE = 5.0
-#: Out-of-band bytes one batch may carry: a batch of more (and more than one
-#: job) is halved before anything is copied, so that large payloads spread
-#: over the workers, copying overlaps with running, and the shared memory in
-#: flight stays bounded. (8 MB arrays, 2 workers: ~9 GB/s at 8 MiB, ~6.5 at 32.)
-MAX_BATCH_BYTES = 8 * 2**20
-#: Free arena bytes kept per worker for reuse (two batches' worth and then some).
-ARENA_KEEP = 128 * 2**20
 
 _WAKE, _RESULT, _SENTINEL, _WRITE = range(4)
-_worker_ids = itertools.count()
 _pool_ids = itertools.count()
-
-
-class _Worker:
-    """The parent's record of one worker process."""
-
-    __slots__ = (
-        "arena",
-        "channel",
-        "done",
-        "id",
-        "inflight",
-        "killed",
-        "pid",
-        "process",
-        "sent",
-        "timed",
-        "writing",
-    )
-
-    def __init__(self, process: Any, channel: Channel, arena: shm.Arena | None) -> None:
-        self.id = next(_worker_ids)
-        self.process = process
-        self.pid: int = process.pid
-        self.channel = channel
-        self.arena = arena  # its task buffers' shared memory; None: all in band
-        self.inflight: dict[int, Batch] = {}
-        self.sent = 0  # jobs sent, against max_tasks_per_child
-        self.done = 0  # jobs finished
-        self.writing = False  # registered for writability
-        self.timed: int | None = None  # id of the batch with a timeout it runs, if any
-        self.killed = ""  # why we killed it, if we did
 
 
 class ProcessBackend(Backend):
     """Runs batches on up to ``max_workers`` worker processes."""
 
-    def __init__(self, config: PoolConfig, batcher: Batcher, metrics: Metrics) -> None:
-        super().__init__(config, batcher, metrics)
+    def __init__(self, config: PoolConfig, batcher: Batcher, metrics: Metrics, ledger: Ledger) -> None:
+        super().__init__(config, batcher, metrics, ledger)
         assert config.mp_context is not None  # filled in by make_config
         self._ctx = config.mp_context
         # "shm": rings for messages, arena blocks for large buffers, where the
@@ -126,11 +78,11 @@ class ProcessBackend(Backend):
         if config.transport == "shm" and shm.available() and ring.available():
             self._shm_prefix = shm.pool_prefix(f"{next(_pool_ids)}")
             self._transport = ring.RingTransport()
-        self._workers: dict[int, _Worker] = {}
+        self._workers: dict[int, Worker] = {}
         self._resend: deque[Batch] = deque()
-        self._broken: BaseException | None = None
         self._manager: threading.Thread | None = None
-        # Guards the one-time start only; the manager owns everything after.
+        # Guards the one-time start; join() takes it too, so a shutdown from
+        # another thread waits for a start in progress.
         self._start_lock = threading.Lock()
         self._selector: selectors.BaseSelector | None = None
         self._wake_r = self._wake_w = -1
@@ -146,15 +98,19 @@ class ProcessBackend(Backend):
         self._max_tasks = config.max_tasks_per_child
         # Deadlines of running jobs that have a timeout: (deadline, batch id, worker id).
         self._deadlines: list[tuple[float, int, int]] = []
-        self._abort: BaseException | None = None
+        self.state.watch(self._on_state_change)
 
-    # -- called from submitting threads -----------------------------------------
+    # -- called from other threads ------------------------------------------------------
 
     def notify(self) -> None:
         if self._manager is None:
-            if self._broken is None:
+            if not self.state.stopped:
                 self._start()
         elif self._can_dispatch and not self._wake_pending:
+            self._wake()
+
+    def _on_state_change(self) -> None:
+        if self._manager is not None:
             self._wake()
 
     def _wake(self) -> None:
@@ -171,7 +127,7 @@ class ProcessBackend(Backend):
 
     def _start(self) -> None:
         with self._start_lock:
-            if self._manager is not None:
+            if self._manager is not None or self.state.stopped:
                 return
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
@@ -184,22 +140,17 @@ class ProcessBackend(Backend):
             # submitting thread, as with ProcessPoolExecutor. For fork this is
             # a matter of safety: a fork from a threaded process can inherit a
             # lock some other thread held, so fork before the manager exists.
-            # For the others it gives the manager time to dispatch the first
-            # batch while this thread waits on the start, so a shutdown right
-            # after a burst of submits finds work already running.
-            first = self.config.max_workers if self._ctx.get_start_method() == "fork" else 1
+            first = self.state.target_workers if self._ctx.get_start_method() == "fork" else 1
             for _ in range(first):
                 if not self._spawn():
+                    self._shut_down_now()
                     return
             manager = threading.Thread(target=self._run, name="batchpool-manager", daemon=True)
             try:
                 manager.start()
             except RuntimeError as exc:  # e.g. "can't create new thread at interpreter shutdown"
-                error = BrokenProcessPool(f"the pool's manager thread could not start: {exc}")
-                error.__cause__ = exc
-                self._broken = error
-                self._fail_everything(error)
-                self._stop_workers()
+                self._break(f"the pool's manager thread could not start: {exc}", exc)
+                self._shut_down_now()
                 return
             self._manager = manager
 
@@ -208,22 +159,18 @@ class ProcessBackend(Backend):
             self._wake()
 
     def join(self, timeout: float | None = None) -> bool:
-        manager = self._manager
+        with self._start_lock:  # a start in progress finishes first
+            manager = self._manager
         if manager is not None and manager is not threading.current_thread():
             manager.join(timeout)
             return not manager.is_alive()
         return True
 
     def abort(self, error: BaseException) -> None:
-        self._abort = error
-        if self._manager is not None:
-            self._wake()
-        else:
-            self._fail_everything(error)
-
-    @property
-    def broken(self) -> BaseException | None:
-        return self._broken
+        self.state.abort(error)  # the watcher wakes the manager, which fails and kills
+        if self._manager is None:
+            with self._start_lock:
+                self._fail_everything(error)
 
     @property
     def manager_thread(self) -> threading.Thread | None:
@@ -232,9 +179,6 @@ class ProcessBackend(Backend):
 
     def compat_workers(self) -> dict[Any, Any]:
         return {w.pid: w.process for w in list(self._workers.values())}
-
-    def in_flight(self) -> int:
-        return sum(len(b.jobs) - b.done for w in list(self._workers.values()) for b in list(w.inflight.values()))
 
     def worker_states(self) -> list[tuple[int, int, str, int, bool]]:
         states = []
@@ -249,10 +193,13 @@ class ProcessBackend(Backend):
         assert self._selector is not None
         try:
             while True:
+                if self.state.stopped:
+                    self._fail_everything(self.state.error or BrokenProcessPool("the pool stopped"))
+                    return
                 self._dispatch()
                 if self._finished():
                     return
-                dead: list[_Worker] = []
+                dead: list[Worker] = []
                 for key, _ in self._selector.select(self._timeout()):
                     kind, worker = key.data
                     if kind == _RESULT:
@@ -271,20 +218,12 @@ class ProcessBackend(Backend):
                     self._expire_timeouts()
                 for worker in dead:
                     self._on_death(worker)
-                if self._broken is not None:
-                    self._fail_everything(self._broken)
-                    return
-                if self._abort is not None:
-                    self._fail_everything(self._abort)
-                    return
         except BaseException as exc:  # noqa: BLE001 - no Future may be left hanging
             logger.exception("batchpool manager thread failed; failing all jobs")
-            error = BrokenProcessPool(f"the pool's manager thread failed: {exc!r}")
-            error.__cause__ = exc
-            self._broken = error
-            self._fail_everything(error)
+            self._break(f"the pool's manager thread failed: {exc!r}", exc)
+            self._fail_everything(self.state.error or BrokenProcessPool(repr(exc)))
         finally:
-            self._stop_workers()
+            self._shut_down_now()
 
     def _timeout(self) -> float | None:
         deadline = self.batcher.next_deadline()
@@ -310,17 +249,16 @@ class ProcessBackend(Backend):
             worker.killed = f"job {batch.jobs[0].id} ran over its {timeout} s timeout"
             logger.warning("worker pid %s killed: %s", worker.pid, worker.killed)
             worker.process.kill()
+            self.ledger.forget(batch)
             for job in batch.jobs[batch.done :]:
-                settle_failure(
-                    job, TimeoutError(f"job ran longer than its timeout of {timeout} s"), self.batcher, self.metrics
-                )
+                self.ledger.fail(job, JobTimeoutError(timeout))
 
     def _finished(self) -> bool:
         return (
             self.batcher.closed
             and not self.batcher.pending
             and not self._resend
-            and not any(w.inflight for w in self._workers.values())
+            and all(w.idle for w in self._workers.values())
         )
 
     def _drain_wake(self) -> None:
@@ -333,10 +271,11 @@ class ProcessBackend(Backend):
     # -- dispatch -------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        while self._broken is None and (self._resend or self.batcher.pending):
+        paused = self.state.paused
+        while not paused and (self._resend or self.batcher.pending):
             worker = self._pick_worker()
-            idle = worker is not None and not worker.inflight
-            if not idle and len(self._workers) < self.config.max_workers:
+            idle = worker is not None and worker.idle
+            if not idle and len(self._workers) < self.state.target_workers:
                 if not self._spawn():
                     return
                 continue
@@ -344,107 +283,111 @@ class ProcessBackend(Backend):
                 break
             if self._resend and idle:
                 batch = self._resend.popleft()
+                if not self.ledger.claim(batch):
+                    continue
             else:
-                free = sum(1 for w in self._workers.values() if not w.inflight)
+                free = sum(1 for w in self._workers.values() if w.idle)
                 taken = self.batcher.take(
                     max_jobs=self._budget(worker),
-                    idle_workers=free + self.config.max_workers - len(self._workers),
+                    idle_workers=free + self.state.target_workers - len(self._workers),
                     prefetch=not idle,
-                    workers=self.config.max_workers,
+                    workers=self.state.target_workers,
                 )
                 if taken is None:
                     break
-                claimed = taken.claim()
-                self.metrics.jobs_cancelled(taken.cancelled)
-                if not claimed:
+                if not self.ledger.claim(taken):
                     continue
                 batch = taken
             self._send(worker, batch)
-        self._can_dispatch = len(self._workers) < self.config.max_workers or any(
+        if not paused and not self._resend and not self.batcher.pending:
+            self._rebalance()
+        self._can_dispatch = len(self._workers) < self.state.target_workers or any(
             len(w.inflight) < PREFETCH and self._budget(w) for w in self._workers.values()
         )
 
-    def _budget(self, worker: _Worker) -> int:
+    def _rebalance(self) -> None:
+        """An idle worker and nothing queued: take back work that waits behind a slow job."""
+        idle = [w for w in self._workers.values() if w.idle and not w.killed and self._budget(w)]
+        if not idle:
+            return
+        for worker in self._workers.values():
+            if worker.control is None or worker.killed or worker.skipping or not worker.inflight:
+                continue
+            batches = list(worker.inflight.values())
+            if len(batches) > 1 and worker.control.reclaim():
+                # The newest batch had not started: it is ours again.
+                batch = batches[-1]
+                del worker.inflight[batch.id]
+                worker.skipping[batch.id] = batch.blocks
+                worker.sent -= len(batch.jobs)
+                batch.blocks = []
+                self.ledger.forget(batch)
+                self._resend.appendleft(Batch(batch.jobs, "rebalance", batch.timing_key))
+                self._dispatch()
+                return
+            running = batches[0]
+            if not running.yield_asked and len(running.jobs) - running.done > 1:
+                running.yield_asked = True
+                worker.control.ask_yield()
+
+    def _budget(self, worker: Worker) -> int:
         if self._max_tasks is None:
             return self.batcher.max_batch_size
         return max(0, self._max_tasks - worker.sent)
 
-    def _pick_worker(self) -> _Worker | None:
-        best: _Worker | None = None
+    def _pick_worker(self) -> Worker | None:
+        best: Worker | None = None
         for worker in self._workers.values():
-            if not self._budget(worker) or len(worker.inflight) >= PREFETCH or worker.killed:
+            if not self._budget(worker) or len(worker.inflight) >= PREFETCH or worker.killed or worker.skipping:
                 continue
-            if worker.timed is not None:
+            if worker.timed is not None or worker.retiring:
                 continue  # nothing may wait behind a job that may be killed
-            if not worker.inflight:
+            if worker.idle:
                 return worker
             if best is None or len(worker.inflight) < len(best.inflight):
                 best = worker
         return best
 
-    def _send(self, worker: _Worker, batch: Batch) -> None:
+    def _send(self, worker: Worker, batch: Batch) -> None:
         try:
-            fn_blob = serialization.dumps_callable(batch.fn)
-        except Exception as exc:  # noqa: BLE001 - the callable fails every job of its batch
-            fail_jobs(batch.jobs, exc, self.metrics)
+            parts = encode(batch, worker.arena, self.ledger, self._resend)
+        except BaseException as exc:  # noqa: BLE001 - SystemExit from a __reduce__ fails the batch, not the pool
+            self.ledger.forget(batch)
+            self.ledger.fail_all(batch.jobs, exc)
             return
-        arena = worker.arena
-        threshold = OOB_THRESHOLD if arena is not None else None
-        calls_blob, bad, big = serialization.dumps_each([(j.args, j.kwargs) for j in batch.jobs], threshold)
-        if bad:
-            for i, error in bad.items():
-                fail_jobs([batch.jobs[i]], error, self.metrics)
-            batch.jobs = [j for i, j in enumerate(batch.jobs) if i not in bad]
-            if not batch.jobs:
-                return
-        if big and len(batch.jobs) > 1 and sum(buf.nbytes for buf in big) > MAX_BATCH_BYTES:
-            half = len(batch.jobs) // 2
-            self._resend.appendleft(Batch(batch.jobs[half:], batch.reason, batch.timing_key))
-            self._resend.appendleft(Batch(batch.jobs[:half], batch.reason, batch.timing_key))
+        if parts is None:
+            self.ledger.forget(batch)  # split, or every job failed to pickle
             return
-        refs: list[tuple[int, int, int, str]] = []
-        if big:
-            assert arena is not None
-            try:
-                block, offsets = arena.put(big)
-            except OSError as exc:
-                # /dev/shm is full (or gone): slower, but the jobs run.
-                logger.warning("no shared memory for a batch (%s); it goes through the ring", exc)
-                calls_blob, _, _ = serialization.dumps_each([(j.args, j.kwargs) for j in batch.jobs], None)
-            else:
-                batch.blocks.append(block)
-                name = "" if block.shown else block.name
-                block.shown = True
-                refs = [(block.id, offset, buf.nbytes, name) for buf, offset in zip(big, offsets, strict=True)]
         batch.worker = worker
-        batch.mark_dispatched()
-        self.metrics.batch_sent(len(batch.jobs), batch.reason, batch.t_dispatch - batch.mean_submit)
+        if batch.record is None or batch.reason == "rebalance":
+            batch.mark_dispatched()
+            self.metrics.batch_sent(len(batch.jobs), batch.reason, batch.t_dispatch - batch.mean_submit)
         worker.inflight[batch.id] = batch
         worker.sent += len(batch.jobs)
         timeout = batch.jobs[0].opts.timeout
         if timeout is not None:
             worker.timed = batch.id
             heapq.heappush(self._deadlines, (time.monotonic() + timeout, batch.id, worker.id))
-        worker.channel.send(*encode_batch(batch.id, batch.kind, fn_blob, serialization.oob_header(refs), calls_blob))
+        if worker.control is not None:
+            worker.control.sent()
+        worker.channel.send(*parts)
         self._watch_output(worker)
 
-    def _watch_output(self, worker: _Worker) -> None:
+    def _watch_output(self, worker: Worker) -> None:
         if worker.channel.has_output and not worker.writing:
             assert self._selector is not None
             channel = worker.channel
             self._selector.register(channel.writable_fd, channel.writable_event, (_WRITE, worker))
             worker.writing = True
 
-    def _release(self, worker: _Worker, batch: Batch) -> None:
-        """Take a settled batch's arena blocks back (telling the worker what to unmap)."""
-        if batch.blocks and worker.arena is not None:
-            dropped = worker.arena.release(batch.blocks)
-            if dropped and not worker.killed:
-                worker.channel.send(MSG_DROP + serialization.dumps(dropped))
-                self._watch_output(worker)
-        batch.blocks = []
+    def _release(self, worker: Worker, blocks: list[Any]) -> None:
+        """Take arena blocks back (telling the worker what to unmap)."""
+        dropped = worker.release_blocks(blocks)
+        if dropped and not worker.killed:
+            worker.channel.send(protocol.MSG_DROP + serialization.dumps(dropped))
+            self._watch_output(worker)
 
-    def _flush(self, worker: _Worker) -> None:
+    def _flush(self, worker: Worker) -> None:
         if worker.channel.flush() and worker.writing:
             assert self._selector is not None
             self._selector.unregister(worker.channel.writable_fd)
@@ -454,48 +397,22 @@ class ProcessBackend(Backend):
 
     def _spawn(self) -> bool:
         try:
-            channel = self._transport.channel()
-        except OSError as exc:  # out of descriptors or memory: the pool cannot grow
-            error = BrokenProcessPool(f"a worker's channel could not be made: {exc!r}")
-            error.__cause__ = exc
-            self._broken = error
-            if self._manager is None:
-                self._fail_everything(error)
-                self._stop_workers()
+            worker = start_worker(self._transport, self._ctx, self.config, self._shm_prefix)
+        except BaseException as exc:  # noqa: BLE001 - out of descriptors, memory, or processes
+            self._break(f"a worker process could not be started: {exc!r}", exc)
             return False
-        spec = WorkerSpec(
-            worker_channel=self._transport.worker_channel,
-            channel_end=channel.worker_end(),
-            initializer=self.config.initializer,
-            initargs=self.config.initargs,
-            max_tasks=self._max_tasks,
-            shm_prefix=self._shm_prefix,
-            oob_threshold=OOB_THRESHOLD,
-        )
-        process = self._ctx.Process(  # type: ignore[attr-defined]
-            target=worker_main, args=(spec,), name="batchpool-worker"
-        )
-        try:
-            process.start()
-        except BaseException as exc:  # noqa: BLE001 - the pool cannot run anything
-            channel.close()
-            error = BrokenProcessPool(f"a worker process could not be started: {exc!r}")
-            error.__cause__ = exc
-            self._broken = error
-            if self._manager is None:  # called from _start(): nobody else will
-                self._fail_everything(error)
-                self._stop_workers()
-            return False
-        channel.after_start()
-        arena = None if self._shm_prefix is None else shm.Arena(self._shm_prefix, ARENA_KEEP)
-        worker = _Worker(process, channel, arena)
         self._workers[worker.id] = worker
         assert self._selector is not None
-        self._selector.register(channel.readable_fd, selectors.EVENT_READ, (_RESULT, worker))
-        self._selector.register(process.sentinel, selectors.EVENT_READ, (_SENTINEL, worker))
+        self._selector.register(worker.channel.readable_fd, selectors.EVENT_READ, (_RESULT, worker))
+        self._selector.register(worker.process.sentinel, selectors.EVENT_READ, (_SENTINEL, worker))
         return True
 
-    def _read(self, worker: _Worker) -> None:
+    def _break(self, message: str, cause: BaseException | None = None) -> None:
+        error = BrokenProcessPool(message)
+        error.__cause__ = cause
+        self.state.break_(error)
+
+    def _read(self, worker: Worker) -> None:
         channel = worker.channel
         try:
             while channel.poll():
@@ -509,68 +426,56 @@ class ProcessBackend(Backend):
             except (KeyError, ValueError):
                 pass
 
-    def _on_message(self, worker: _Worker, message: Message) -> None:
+    def _on_message(self, worker: Worker, message: Message) -> None:
         tag = message[:1]
-        if tag == MSG_OUTCOME:
+        if tag == protocol.MSG_OUTCOME:
             self._on_outcome(worker, message)
-        elif tag == MSG_SPLIT:
+        elif tag == protocol.MSG_SKIPPED:
+            blocks = worker.skipping.pop(protocol.decode_skipped(message), [])
+            self._release(worker, blocks)
+        elif tag == protocol.MSG_SPLIT:
             batch_id, wrapped, fn_failed = serialization.loads(memoryview(message)[1:])
             batch = worker.inflight.pop(batch_id, None)
             if batch is not None:
-                self._release(worker, batch)
+                self._release(worker, batch.blocks)
                 worker.sent -= len(batch.jobs)  # never ran: not against its task budget
+                self.ledger.forget(batch)
                 self._on_undecodable(batch, wrapped, fn_failed)
-        elif tag == MSG_PINNED:
+        elif tag == protocol.MSG_PINNED:
             if worker.arena is not None:
                 worker.arena.pin(serialization.loads(memoryview(message)[1:]))
-        elif tag == MSG_INIT_FAILED:
+        elif tag == protocol.MSG_INIT_FAILED:
             try:
                 cause: BaseException | None = serialization.loads(memoryview(message)[1:])
             except BaseException:  # noqa: BLE001
                 cause = None
-            error = BrokenProcessPool(
+            self._break(
                 "A process in the process pool was terminated abruptly: "
-                f"its initializer {self.config.initializer!r} raised {cause!r}"
+                f"its initializer {self.config.initializer!r} raised {cause!r}",
+                cause,
             )
-            error.__cause__ = cause
-            self._broken = error
 
-    def _on_outcome(self, worker: _Worker, message: Message) -> None:
-        batch_id, start, count, final, run_time, payload = parse_outcome(message)
+    def _on_outcome(self, worker: Worker, message: Message) -> None:
+        (batch_id, start, count, flags, run_time), outcomes = protocol.decode_outcome(message, open_buffers)
         batch = worker.inflight.get(batch_id)
         if batch is None:
             return
-        jobs = batch.jobs[start : start + count]
-        try:
-            values, errors = unpack(payload)
-        except BaseException as exc:  # noqa: BLE001 - SystemExit from a __reduce__ included
-            error = TransportError(f"the result could not be unpickled in the parent: {exc!r}")
-            error.__cause__ = exc
-            fail_jobs(jobs, error, self.metrics)
-        else:
-            if errors:
-                for i, error in errors.items():
-                    settle_failure(jobs[i], error, self.batcher, self.metrics)
-            ok = 0
-            for i, (job, value) in enumerate(zip(jobs, values, strict=True)):
-                if errors and i in errors:
-                    continue
-                try:
-                    job.future.set_result(value)
-                    ok += 1
-                except InvalidStateError:
-                    pass
-            self.metrics.results(ok)
+        self.ledger.outcomes(batch.jobs[start : start + count], outcomes)
         batch.done = start + count
-        if final:
-            del worker.inflight[batch_id]
-            self._release(worker, batch)
-            if worker.timed == batch_id:
-                worker.timed = None
-            batch.mark_done(run_time)
-            self.batcher.record(batch.timing_key, len(batch.jobs), run_time)
-            self.metrics.batch_done(len(batch.jobs), run_time, time.monotonic() - batch.mean_submit, batch.record)
-            worker.done += len(batch.jobs)
+        if not flags & protocol.FINAL:
+            return
+        del worker.inflight[batch_id]
+        self._release(worker, batch.blocks)
+        batch.blocks = []
+        if worker.timed == batch_id:
+            worker.timed = None
+        if flags & protocol.YIELDED:
+            rest = batch.jobs[batch.done :]
+            worker.sent -= len(rest)
+            batch.jobs = batch.jobs[: batch.done]
+            self.ledger.requeue(rest)  # never started: back to the lanes, untouched
+        self.ledger.finish(batch, run_time)
+        worker.done += len(batch.jobs)
 
     def _on_undecodable(self, batch: Batch, wrapped: BaseException, fn_failed: bool) -> None:
         jobs = batch.jobs
@@ -578,14 +483,14 @@ class ProcessBackend(Backend):
             what = "callable" if fn_failed else "call"
             error = TransportError(f"the {what} could not be unpickled in the worker: {wrapped!r}")
             error.__cause__ = wrapped
-            fail_jobs(jobs, error, self.metrics)
+            self.ledger.fail_all(jobs, error)
             return
         # Some call of this batch does not unpickle over there; send each job
         # on its own so that only the guilty one fails.
         for job in jobs:
             self._resend.append(Batch([job], batch.reason, batch.timing_key))
 
-    def _on_death(self, worker: _Worker) -> None:
+    def _on_death(self, worker: Worker) -> None:
         self._read(worker)  # whatever it sent before dying still counts
         assert self._selector is not None
         for fd in (worker.channel.readable_fd, worker.process.sentinel):
@@ -598,28 +503,32 @@ class ProcessBackend(Backend):
             worker.writing = False
         worker.process.join()
         exitcode = worker.process.exitcode
-        worker.channel.close()
+        unstarted = worker.control.unstarted() if worker.control is not None else 0
         del self._workers[worker.id]
         batches = list(worker.inflight.values())
         worker.inflight.clear()
-        self._forget_memory(worker, batches)
-        if worker.killed:
-            return  # we killed it (a timeout); its job is settled already
-        if batches or exitcode not in (0, None):
+        close_worker(worker)
+        for batch in batches:
+            batch.blocks = []
+            self.ledger.forget(batch)
+        if batches or (exitcode not in (0, None) and not worker.killed):
             self.metrics.worker_died(worker.pid, exitcode)
             logger.warning(
-                "worker pid %s %s with %d batches unfinished",
-                worker.pid,
-                describe_exit(exitcode),
-                len(batches),
+                "worker pid %s %s with %d batches unfinished", worker.pid, describe_exit(exitcode), len(batches)
             )
-        if self._broken is not None or self._abort is not None:
-            return  # _fail_everything() settles them
+        if self.state.stopped:
+            error = self.state.error or BrokenProcessPool()
+            self.ledger.fail_all((j for b in batches for j in b.jobs[b.done :]), error)
+            return
         error = WorkerCrashedError(worker.pid, exitcode)
+        started = len(batches) - unstarted
         for position, batch in enumerate(batches):
             jobs = batch.jobs[batch.done :]
-            if position > 0:
-                # A prefetched batch never started: it goes again, as it was.
+            if not jobs:
+                continue
+            if position >= started:
+                # Never started (its claim token is still there): it goes
+                # again as it was, and no attempt is charged.
                 self._resend.append(Batch(jobs, batch.reason, batch.timing_key))
             elif len(jobs) > 1:
                 # One of these jobs killed the worker (or it was killed while
@@ -627,48 +536,26 @@ class ProcessBackend(Backend):
                 half = len(jobs) // 2
                 self._resend.append(Batch(jobs[:half], batch.reason, batch.timing_key))
                 self._resend.append(Batch(jobs[half:], batch.reason, batch.timing_key))
-            elif jobs:
-                settle_failure(jobs[0], error, self.batcher, self.metrics)
-
-    @staticmethod
-    def _forget_memory(worker: _Worker, batches: list[Batch]) -> None:
-        """A worker exited or died: its arena goes with it, its batches' blocks too."""
-        for batch in batches:
-            batch.blocks = []
-        if worker.arena is not None:
-            worker.arena.close()
+            else:
+                self.ledger.fail(jobs[0], error)
 
     def _fail_everything(self, error: BaseException) -> None:
-        self.batcher.close(str(error), error=type(error))
-        jobs = self.batcher.drain()
+        jobs = [job for batch in self._resend for job in batch.jobs]
+        self._resend.clear()
         for worker in self._workers.values():
             for batch in worker.inflight.values():
                 jobs.extend(batch.jobs[batch.done :])
                 batch.blocks = []  # the arena goes when the worker stops
             worker.inflight.clear()
-        for batch in self._resend:
-            jobs.extend(batch.jobs)
-        self._resend.clear()
-        fail_jobs(jobs, error, self.metrics)
+        self.ledger.fail_all(jobs, error)
+        self.ledger.abort(error)
 
-    def _stop_workers(self) -> None:
-        workers = list(self._workers.values())
-        for worker in workers:
-            if worker.process.is_alive():
-                worker.channel.send(MSG_STOP)
-                worker.channel.flush()
-        deadline = time.monotonic() + (0.0 if self._abort is not None else STOP_GRACE)
-        for worker in workers:
-            if self._abort is None:
-                worker.process.join(max(0.0, deadline - time.monotonic()))
-            if worker.process.exitcode is None:
-                worker.process.terminate()
-                worker.process.join(1.0)
-            if worker.process.exitcode is None:
-                worker.process.kill()
-                worker.process.join()
-            worker.channel.close()
-            self._forget_memory(worker, [])
+    def _shut_down_now(self) -> None:
+        """Stop every worker and release everything (the manager's last act)."""
+        if self.state.stopped:
+            self._fail_everything(self.state.error or BrokenProcessPool("the pool stopped"))
+        grace = 0.0 if self.state.phase == Phase.ABORTED else STOP_GRACE
+        stop_workers(list(self._workers.values()), grace)
         self._workers.clear()
         if self._shm_prefix is not None:
             # Results a dead worker wrote but never announced, and anything
@@ -676,7 +563,9 @@ class ProcessBackend(Backend):
             shm.cleanup_prefix(self._shm_prefix)
         if self._selector is not None:
             self._selector.close()
+            self._selector = None
         with self._wake_lock:
             for fd in (self._wake_r, self._wake_w):
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
             self._wake_r = self._wake_w = -1

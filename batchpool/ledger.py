@@ -1,0 +1,262 @@
+"""The ledger: the only code that settles a job's Future, exactly once.
+
+Imports ``batching``, ``jobs``, ``metrics``, ``errors``. Every backend reports to
+it and none touches a Future itself::
+
+    claim(batch) ──> jobs RUNNING (cancelled ones dropped), batch recorded as dispatched
+         │
+         ├─ outcomes(jobs, [(ok, value)...])  a value settles; an error goes to fail()
+         ├─ fail(job, exc, charge=True)       retry after backoff (policy allows) or fail
+         ├─ requeue(jobs)                     never started: back to the lanes, no attempt spent
+         ├─ finish(batch, run_time)           timing, metrics, the batch leaves the books
+         └─ abort(error)                      every dispatched or queued job fails now
+
+"First settler wins": a job may be settled by its worker, a watchdog (its time
+limit), an abort, or the user's ``cancel()``; whoever comes second is ignored
+(``InvalidStateError`` is caught here and nowhere else). A late result of an
+attempt that was already given up on (a timed-out thread that finally returns,
+while its retry waits) is dropped by comparing attempt numbers.
+
+Circuit breakers hear every final outcome here, and a job dropped before it
+ran (cancelled) frees its breaker's trial slot. Observers (the journal) hear
+every transition: ``job_running``, ``job_done``, ``job_failed``,
+``job_retrying``, ``job_cancelled``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import InvalidStateError
+from typing import Any, Protocol
+
+from .batching import Batcher
+from .errors import JobTimeoutError
+from .jobs import CHUNK_KINDS, Batch, Job
+from .metrics import Metrics
+
+__all__ = ["Ledger", "LedgerObserver"]
+
+logger = logging.getLogger("batchpool")
+
+
+class LedgerObserver(Protocol):
+    """What an observer of the ledger (the journal) is told. Calls come from pool threads."""
+
+    def job_running(self, jobs: Sequence[Job]) -> None:
+        """These jobs were dispatched (their Futures are RUNNING)."""
+
+    def job_done(self, job: Job, value: Any) -> None:
+        """The job returned ``value``."""
+
+    def job_failed(self, job: Job, exc: BaseException) -> None:
+        """The job failed for good with ``exc``."""
+
+    def job_retrying(self, job: Job, exc: BaseException) -> None:
+        """The job failed with ``exc`` and will run again (``job.attempt`` is the next run)."""
+
+    def job_cancelled(self, job: Job) -> None:
+        """The job was cancelled before it ran."""
+
+
+class Ledger:
+    """Settles Futures for one pool and keeps the books of dispatched batches.
+
+    Args:
+        batcher: where retries and given-back jobs wait.
+        metrics: where outcomes are counted.
+
+    Example:
+        >>> from concurrent.futures import Future
+        >>> from batchpool.batching import Batcher
+        >>> from batchpool.jobs import Job
+        >>> ledger = Ledger(Batcher(max_batch_size=8, max_delay=0.0), Metrics())
+        >>> job = Job(abs, (-1,), None, Future())
+        >>> batch = Batch([job], "free worker", None)
+        >>> ledger.claim(batch)
+        True
+        >>> ledger.outcomes([job], [(True, 1)]); ledger.finish(batch, 0.001)
+        >>> job.future.result(), ledger.in_flight()
+        (1, 0)
+    """
+
+    def __init__(self, batcher: Batcher, metrics: Metrics) -> None:
+        self.batcher = batcher
+        self.metrics = metrics
+        self.observers: list[LedgerObserver] = []
+        # Batches dispatched and not finished, so that abort() finds every
+        # job a backend holds. The lock: the thread backend claims and finishes
+        # from several threads; each critical section is one dict operation.
+        self._lock = threading.Lock()
+        self._claimed: dict[int, Batch] = {}
+
+    # -- dispatch --------------------------------------------------------------------
+
+    def claim(self, batch: Batch) -> bool:
+        """Mark the batch's jobs RUNNING and record it as dispatched.
+
+        Jobs cancelled meanwhile are dropped (their breaker's trial slot freed).
+        Returns False when no job is left. Call before anything that can fail
+        (pickling, sending), so that whatever happens next, ``abort`` finds it.
+        """
+        kept = []
+        for job in batch.jobs:
+            if job.started or job.future.set_running_or_notify_cancel():
+                job.started = True
+                kept.append(job)
+            else:
+                self._dropped(job)
+        cancelled = len(batch.jobs) - len(kept)
+        if cancelled:
+            batch.cancelled += cancelled
+            self.metrics.jobs_cancelled(cancelled)
+            batch.jobs = kept
+        if not kept:
+            return False
+        with self._lock:
+            self._claimed[batch.id] = batch
+        if self.observers:
+            self._tell("job_running", kept)
+        return True
+
+    def forget(self, batch: Batch) -> None:
+        """The batch is off the books without a timing (given back, split, or failed whole)."""
+        with self._lock:
+            self._claimed.pop(batch.id, None)
+
+    def finish(self, batch: Batch, run_time: float) -> None:
+        """The batch ran to its end in ``run_time`` seconds (timing and metrics)."""
+        with self._lock:
+            self._claimed.pop(batch.id, None)
+        batch.mark_done(run_time)
+        self.batcher.record(batch.timing_key, len(batch.jobs), run_time)
+        self.metrics.batch_done(len(batch.jobs), run_time, time.monotonic() - batch.mean_submit, batch.record)
+
+    def in_flight(self) -> int:
+        """Jobs in dispatched batches not finished yet (an upper bound while batches stream)."""
+        with self._lock:
+            return sum(len(b.jobs) - b.done for b in self._claimed.values())
+
+    # -- outcomes --------------------------------------------------------------------------
+
+    def outcomes(self, jobs: Sequence[Job], outcomes: Sequence[tuple[bool, Any]], attempt: int | None = None) -> None:
+        """Settle ``jobs`` with one ``(ok, value_or_exception)`` each, in order."""
+        ok = 0
+        for job, (good, value) in zip(jobs, outcomes, strict=True):
+            if good:
+                ok += self._succeed(job, value, attempt)
+            else:
+                self.fail(job, value, attempt=attempt)
+        if ok:
+            self.metrics.results(ok)
+
+    def succeed(self, job: Job, value: Any, attempt: int | None = None) -> bool:
+        """Settle ``job`` with ``value``; False if it was settled (or given up on) already."""
+        if self._succeed(job, value, attempt):
+            self.metrics.results(1)
+            return True
+        return False
+
+    def _succeed(self, job: Job, value: Any, attempt: int | None) -> int:
+        if attempt is not None and attempt != job.attempt:
+            return 0  # a late result of an attempt already given up on
+        try:
+            job.future.set_result(value)
+        except InvalidStateError:
+            return 0  # settled by an abort, a watchdog, or cancelled meanwhile
+        if job.breaker is not None:
+            job.breaker.record(True)
+        if self.observers:
+            self._tell("job_done", job, value)
+        return 1
+
+    def fail(self, job: Job, exc: BaseException, *, charge: bool = True, attempt: int | None = None) -> None:
+        """A run of ``job`` failed with ``exc``: retry it if its policy allows, else fail it.
+
+        With ``charge=False`` the job never really ran (its worker died before
+        starting it): it goes back to the lanes and no attempt is spent.
+        """
+        if attempt is not None and attempt != job.attempt:
+            return
+        if job.future.done():
+            return  # settled already (a timeout raced its worker's own report)
+        if not charge:
+            self.requeue([job])
+            return
+        policy = job.opts.retry
+        timed_out = isinstance(exc, JobTimeoutError)
+        if policy is not None and policy.should_retry(exc, attempt=job.attempt):
+            delay = policy.delay(job.attempt)
+            job.attempt += 1
+            logger.info("job %s: retry %d in %.3f s after %r", job.id, job.attempt - 1, delay, exc)
+            self.metrics.job_failed(job.id, exc, final=False, timed_out=timed_out)
+            if self.observers:
+                self._tell("job_retrying", job, exc)
+            self.batcher.put_delayed(job, delay)
+            return
+        try:
+            job.future.set_exception(exc)
+        except InvalidStateError:
+            return
+        if job.breaker is not None:
+            job.breaker.record(False)
+        self.metrics.job_failed(job.id, exc, final=True, timed_out=timed_out)
+        if self.observers:
+            self._tell("job_failed", job, exc)
+
+    def fail_all(self, jobs: Iterable[Job], exc: BaseException) -> None:
+        """Fail every job with ``exc``, no retries (the pool broke, was aborted, or the callable is bad)."""
+        failed = 0
+        for job in jobs:
+            try:
+                job.future.set_exception(exc)
+            except InvalidStateError:
+                continue  # cancelled or settled meanwhile; checking first would race
+            failed += 1
+            if job.breaker is not None:
+                job.breaker.record(False)
+            if self.observers:
+                self._tell("job_failed", job, exc)
+        self.metrics.jobs_failed(failed, exc)
+
+    def requeue(self, jobs: list[Job]) -> None:
+        """Jobs that never started go back to the front of their lanes, attempts untouched."""
+        if jobs:
+            self.batcher.put_back(jobs)
+
+    def cancel(self, jobs: Iterable[Job]) -> None:
+        """Cancel queued jobs that were never dispatched (``shutdown(cancel_futures=True)``)."""
+        cancelled = 0
+        for job in jobs:
+            if job.future.cancel():
+                cancelled += 1
+                self._dropped(job)
+        self.metrics.jobs_cancelled(cancelled)
+
+    def _dropped(self, job: Job) -> None:
+        if job.breaker is not None:
+            job.breaker.release()
+        if self.observers:
+            self._tell("job_cancelled", job)
+
+    def abort(self, error: BaseException) -> None:
+        """Fail every dispatched and every queued job with ``error`` now."""
+        with self._lock:
+            batches = list(self._claimed.values())
+            self._claimed.clear()
+        self.fail_all((job for batch in batches for job in batch.jobs), error)
+        self.fail_all(self.batcher.drain(), error)
+
+    def _tell(self, event: str, *args: Any) -> None:
+        for observer in list(self.observers):
+            try:
+                getattr(observer, event)(*args)
+            except Exception:
+                logger.exception("batchpool: ledger observer %r failed on %s", observer, event)
+
+
+def items_of(job: Job) -> int:
+    """How many of the user's items a job carries (a ``map`` chunk carries several)."""
+    return len(job.args[0]) if job.kind in CHUNK_KINDS else 1
