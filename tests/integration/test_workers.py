@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from typing import Any
 
 import psutil
 import pytest
