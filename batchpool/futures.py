@@ -51,7 +51,7 @@ succeed (the job runs and is reported cancelled), and two ``set_result`` calls
 could both succeed; the stdlib guarantees exactly one winner. A per-Future lock
 would cost an object per Future, and one process-wide lock would serialise
 every worker thread; 64 stripes cost one uncontended RLock round trip per
-transition (tens of nanoseconds) and keep unrelated Futures apart. Nothing
+transition (about 0.1 us) and keep unrelated Futures apart. Nothing
 that can call back into user code (callbacks, ``repr`` of a result, logging)
 runs while a stripe is held, and the stripes are reentrant, so a finalizer or
 signal handler that resolves another Future of the same stripe does not
@@ -61,20 +61,34 @@ Memory ordering, without relying on the GIL. A transition writes ``_result`` or
 ``_exception`` first and ``_state`` last, under the update lock, and a finished
 Future's result is never written again. On the GIL build each bytecode runs
 alone and a GIL hand-off is a full barrier, so a thread that reads ``FINISHED``
-then reads the stored result. On the free-threaded build (3.13t) this does not
-hold by accident; it holds because (a) every write above is inside a lock, and
-a lock release/acquire pair orders everything before the release for the next
-acquirer: all readers that wait, or that find a Condition, read under it; (b)
-for the lock-free readers, a slot store is a release store made inside the
-object's critical section and a slot load is an atomic (sequentially
-consistent) load (``PyMember_SetOne``/``PyMember_GetOne`` in
-``Python/structmember.c``), so a reader whose load of ``_state`` returns
-``FINISHED`` also sees the ``_result`` stored before it; (c) the Condition and
-its waiter list are fully built before ``_cond`` is stored (release), and the
-list is stored before ``_cond``, so whoever reads a non-None ``_cond`` sees a
-working Condition and the list; (d) the state values are interned module
-constants, so a lock-free reader never sees a half-made value. No free-threaded
-build exists on the machine this was written on: this paragraph is the
+then reads the stored result. On the free-threaded build (3.13t) there is no
+such barrier, and the design holds for these reasons:
+
+(a) Every write of a field happens inside a lock (stripe or Condition), and
+    every reader that waits, or that finds a Condition, reads under that
+    Condition; a release/acquire pair of one lock orders all writes before the
+    release for the next acquirer.
+(b) The stripe/Condition hand-over cannot lose a wake-up: creation of the
+    Condition and every transition made without one take the same stripe, so
+    the creator's check of ``_state`` under its new Condition either sees the
+    earlier transition or the later transition sees ``_cond`` and notifies.
+(c) The lock-free readers (``done``, ``running``, ``cancelled``, ``repr`` and
+    the fast path of ``result``/``exception``) load one slot and then, only if
+    it says ``FINISHED``, the result slot. On 3.13t a slot is read and written
+    through its member descriptor: the store is a release store made inside
+    the object's critical section and the load is an atomic load
+    (``PyMember_SetOne``/``PyMember_GetOne`` in ``Python/structmember.c``), so a
+    load of ``_state`` that returns ``FINISHED`` makes the ``_result`` stored
+    before it visible. This leans on CPython keeping slot access atomic with
+    release/acquire order in later free-threaded releases (specialised slot
+    opcodes included); if it ever did not, the fix is to take the update lock
+    in those readers, at about 0.1 us each.
+(d) The Condition and its waiter list are fully built before ``_cond`` is
+    stored, and the list is stored before ``_cond``, so a thread that reads a
+    non-None ``_cond`` sees a working Condition and the list.
+(e) The state values are interned module constants (never freed or rebuilt).
+
+No free-threaded build exists on the machine this was written on: this is the
 argument, not a test result. Code that writes the private fields directly must
 keep the same order (result before state), as the stdlib's own methods do.
 
@@ -216,10 +230,11 @@ class LightFuture(Future[_T]):
     def _condition(self, cond: threading.Condition) -> None:
         # Nothing in the stdlib assigns it; allowed for code that does. Under the
         # update lock so no transition is half-way through on the old lock.
+        new_waiters: list[_base._Waiter] = []  # allocated before the lock (see _make_condition)
         lock, _ = self._acquire()
         try:
             if self._waiter_list is None:
-                self._waiter_list = []
+                self._waiter_list = new_waiters
             self._cond = cond
         finally:
             lock.release()
@@ -261,11 +276,12 @@ class LightFuture(Future[_T]):
         """
         callbacks = self._callbacks
         if callbacks is None:
+            new_callbacks: list[Callable[[Future[_T]], object]] = []  # allocated before the lock
             lock, _ = self._acquire()
             try:
                 callbacks = self._callbacks
                 if callbacks is None:
-                    self._callbacks = callbacks = []
+                    self._callbacks = callbacks = new_callbacks
             finally:
                 lock.release()
         return callbacks
@@ -460,12 +476,17 @@ class LightFuture(Future[_T]):
             >>> f.add_done_callback(lambda fut: print("late:", fut.result()))
             late: ok
         """
+        # The first list is allocated before taking the lock: an allocation can
+        # run the cyclic GC, and with it finalizers, which must not run while a
+        # stripe is held. (Appending to an existing list may grow it, as the
+        # stdlib's append under its Condition may.)
+        first = [fn] if self._callbacks is None else None
         lock, _ = self._acquire()
         try:
             if self._state not in _DONE_STATES:
                 callbacks = self._callbacks
                 if callbacks is None:
-                    self._callbacks = [fn]
+                    self._callbacks = first if first is not None else [fn]
                 else:
                     callbacks.append(fn)
                 return

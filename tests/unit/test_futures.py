@@ -240,6 +240,20 @@ def test_the_condition_and_waiter_list_are_made_once_and_together() -> None:
 
     g: LightFuture[int] = LightFuture()
     assert g._done_callbacks == [] and g._cond is None  # callbacks need no Condition
+    g._done_callbacks.append(lambda _: None)
+    assert g._callbacks is not None and len(g._callbacks) == 1
+
+
+def test_the_private_attributes_can_be_assigned_as_on_the_stdlib_future() -> None:
+    f: LightFuture[int] = LightFuture()
+    mine: list[Any] = []
+    f._waiters = mine
+    assert f._waiters is mine and f._cond is not None  # a waiter list never comes without its Condition
+    cond = threading.Condition()
+    f._condition = cond
+    assert f._condition is cond and f._waiters is mine
+    f._state, f._result = _base.FINISHED, 9  # as CPython's create_future() does
+    assert f.result(timeout=0) == 9
 
 
 def test_racing_threads_share_one_condition(switch_often: None) -> None:
