@@ -43,19 +43,19 @@ notifies nothing. Readers that only look at one field (``done``, ``running``,
 ``cancelled``, and ``result``/``exception`` of a Future already finished with no
 Condition) take no lock at all.
 
-The brief for this module asked for the stripes to be taken only on the
-creation path. They are also taken, uncontended, for transitions of a Future
-without a Condition: without some lock ``cancel()`` and
-``set_running_or_notify_cancel()`` racing on a pending Future could both
-succeed (the job runs and is reported cancelled), and two ``set_result`` calls
-could both succeed; the stdlib guarantees exactly one winner. A per-Future lock
-would cost an object per Future, and one process-wide lock would serialise
-every worker thread; 64 stripes cost one uncontended RLock round trip per
-transition (about 0.1 us) and keep unrelated Futures apart. Nothing
-that can call back into user code (callbacks, ``repr`` of a result, logging)
-runs while a stripe is held, and the stripes are reentrant, so a finalizer or
-signal handler that resolves another Future of the same stripe does not
-deadlock. Stripes are never held together with a Condition.
+Why transitions take a stripe, not only Condition creation: without some lock
+``cancel()`` and ``set_running_or_notify_cancel()`` racing on a pending Future
+could both succeed (the job runs and is reported cancelled), and two
+``set_result`` calls could both succeed; the stdlib guarantees exactly one
+winner. A per-Future lock would cost an object per Future, and one
+process-wide lock would serialise every worker thread; 64 stripes cost one
+uncontended RLock round trip per transition (about 0.1 us) and keep unrelated
+Futures apart. Nothing that can call back into user code (callbacks, ``repr``
+of a result, logging) runs while a stripe is held, and a thread holding a
+stripe never waits for another lock (``_acquire`` lets the stripe go before it
+takes a Condition), so stripes cannot close a deadlock cycle; they are
+reentrant so that a finalizer or signal handler that resolves another Future
+of the same stripe, on the thread that holds it, does not deadlock either.
 
 Memory ordering, without relying on the GIL. A transition writes ``_result`` or
 ``_exception`` first and ``_state`` last, under the update lock, and a finished
