@@ -2,8 +2,9 @@
 
 Imports ``batchpool.metrics`` only. prometheus-client is optional
 (``pip install batchpool[prometheus]``) and imported by ``BatchPoolCollector``
-alone; ``exposition`` (what ``Stats.to_prometheus`` and ``serve_metrics``
-serve) is the standard library's business.
+alone; ``exposition`` (what ``Stats.to_prometheus`` returns) and
+``serve_metrics`` (a small HTTP endpoint) need the standard library only.
+(``batchpool.serve_metrics`` is this one, re-exported by the dashboard module.)
 
 What is exported, every sample labelled with its ``pool`` so that several
 pools (and processes) share one registry and aggregate::
@@ -24,15 +25,22 @@ A batch's jobs enter the latency histograms with their batch's mean, so
 
 from __future__ import annotations
 
+import http.server
+import logging
 import math
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .metrics import Stats
 
-__all__ = ["BatchPoolCollector", "Family", "Series", "exposition", "families"]
+if TYPE_CHECKING:
+    from .executor import BatchPoolExecutor
+
+__all__ = ["BatchPoolCollector", "Family", "MetricsServer", "Series", "exposition", "families", "serve_metrics"]
+
+logger = logging.getLogger("batchpool")
 
 #: Upper bounds of the batch size histogram (a Stats keeps sizes per power of two).
 _BATCH_BOUNDS = tuple(2**k for k in range(17))
@@ -300,3 +308,81 @@ class BatchPoolCollector:
                     buckets = [(_bound(b), n) for b, n in s.buckets]
                     metric.add_metric([v for _, v in s.labels], buckets, s.sum)
             yield metric
+
+
+class MetricsServer:
+    """A running Prometheus endpoint (see ``serve_metrics``)."""
+
+    def __init__(self, server: http.server.ThreadingHTTPServer, thread: threading.Thread) -> None:
+        self._server = server
+        self._thread = thread
+
+    @property
+    def port(self) -> int:
+        """The port it listens on."""
+        return int(self._server.server_address[1])
+
+    @property
+    def url(self) -> str:
+        """Where to scrape."""
+        host = self._server.server_address[0]
+        host = host.decode() if isinstance(host, bytes) else host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        """Stop serving (idempotent)."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join()
+        self._server.server_close()
+
+    def __enter__(self) -> MetricsServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def serve_metrics(
+    executor: BatchPoolExecutor, port: int = 9464, host: str = "127.0.0.1", *, pool: str = "default"
+) -> MetricsServer:
+    """Serve ``executor.stats().to_prometheus(pool=pool)`` at ``http://host:port/metrics``.
+
+    Standard library only (with prometheus-client, register a
+    ``BatchPoolCollector`` in your own registry instead); bound to 127.0.0.1
+    unless told otherwise; stops when the pool shuts down (or on ``close()``).
+    ``port=0`` picks a free port.
+
+    Example:
+        >>> import urllib.request
+        >>> from batchpool import BatchPoolExecutor
+        >>> with BatchPoolExecutor(backend="thread") as ex:
+        ...     server = serve_metrics(ex, port=0, pool="api")
+        ...     body = urllib.request.urlopen(server.url, timeout=10).read().decode()
+        >>> 'batchpool_submitted_total{pool="api"} 0' in body
+        True
+    """
+    stats = executor.stats
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?")[0] not in ("/metrics", "/"):
+                self.send_error(404)
+                return
+            body = stats().to_prometheus(pool=pool).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            logger.debug("metrics: " + format, *args)
+
+    server = http.server.ThreadingHTTPServer((host, port), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="batchpool-metrics", daemon=True)
+    thread.start()
+    running = MetricsServer(server, thread)
+    executor._add_shutdown_hook(running.close)
+    return running
