@@ -217,8 +217,10 @@ def bench(args: argparse.Namespace) -> int:
     for table in tables(results, console.width):
         console.print()
         console.print(table)
-    console.print()
-    for line in left_out(results):
+    missing = left_out(results)
+    if missing:
+        console.print()
+    for line in missing:
         console.print(line, style="dim", markup=False)
     summary = choose(results)
     if summary:

@@ -21,7 +21,7 @@ from .runner import VARIANTS, WORKLOADS, Result
 if TYPE_CHECKING:
     from rich.console import RenderableType
 
-__all__ = ["choose", "left_out", "quick_note", "tables"]
+__all__ = ["choose", "left_out", "pct", "quick_note", "sig2", "tables"]
 
 _BASE_COLUMNS = (
     ("vs TPE", "ThreadPoolExecutor"),
@@ -40,6 +40,16 @@ def sig2(value: float) -> str:
     if not math.isfinite(value):
         return "-"
     return f"{float(f'{value:.2g}'):g}"
+
+
+def pct(share: float) -> str:
+    """A share as a percentage, two significant figures below 100%.
+
+    Example:
+        >>> pct(0.0018), pct(0.62), pct(1.534)
+        ('0.18%', '62%', '153%')
+    """
+    return f"{share:.0%}" if share >= 0.995 else f"{sig2(share * 100)}%"
 
 
 def _value(r: Result) -> str:
@@ -64,7 +74,7 @@ def _ratio(x: float) -> str:
 def _notes(r: Result, rows: dict[str, Result]) -> str:
     e = r.extra
     if "share_of_plain" in e:
-        return f"{e['share_of_plain']:.0%} of plain"
+        return f"{pct(e['share_of_plain'])} of plain"
     if r.workload == "cpu" and "speedup_vs_serial" in e:
         return f"{e['speedup_vs_serial']:.1f}x serial"
     if r.workload == "numpy" and "share_of_memcpy" in e:
@@ -93,7 +103,9 @@ def _spread(r: Result) -> str:
 def tables(results: list[Result], width: int) -> list[RenderableType]:
     """One table per workload, fitting ``width`` columns (80 at least)."""
     from rich import box
+    from rich.console import Group
     from rich.table import Table
+    from rich.text import Text
 
     by_workload: dict[str, list[Result]] = {}
     for r in results:
@@ -109,21 +121,19 @@ def tables(results: list[Result], width: int) -> list[RenderableType]:
             bases = []
         spreads = any(len(r.samples) > 1 for r in rows)
         better = "lower" if lower else "higher"
-        table = Table(
-            title=f"[bold]{name}[/]: {workload.title} ({better} is better)",
-            title_justify="left",
-            box=box.SIMPLE_HEAD,
-            pad_edge=False,
-            show_edge=False,
-            expand=True,
-        )
+        # The title is a line of its own above the table: as a table's title it
+        # would wrap to the table's width, and an expanded table pads every row.
+        title = Text.from_markup(f"[bold]{name}[/]: {workload.title} ({better} is better)")
+        table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
         table.add_column("pool", no_wrap=True)
         table.add_column(workload.unit, justify="right", no_wrap=True)
         if spreads:
             table.add_column("spread", justify="right", no_wrap=True)
         for header, _ in bases:
             table.add_column(header, justify="right", no_wrap=True)
-        table.add_column("notes", overflow="fold", ratio=1)
+        notes = {r.executor: _notes(r, named) for r in rows}
+        if any(notes.values()):
+            table.add_column("notes", overflow="fold")
         for r in rows:
             cells = [r.executor, _value(r)]
             if spreads:
@@ -132,9 +142,10 @@ def tables(results: list[Result], width: int) -> list[RenderableType]:
                 other = named[base].median
                 ratio = (other / r.median if lower else r.median / other) if base != r.executor else math.nan
                 cells.append(_ratio(ratio))
-            cells.append(_notes(r, named))
+            if any(notes.values()):
+                cells.append(notes[r.executor])
             table.add_row(*cells, style="bold" if r.executor.startswith("batchpool-process") else "")
-        out.append(table)
+        out.append(Group(title, table))
     return out
 
 
@@ -249,7 +260,7 @@ def choose(results: list[Result]) -> list[tuple[str, str]]:
     ):
         r = _get(results, workload, executor)
         if r is not None and "share_of_plain" in r.extra:
-            costs.append(f"{label} {r.extra['share_of_plain']:.0%}")
+            costs.append(f"{label} {pct(r.extra['share_of_plain'])}")
     if costs:
         lines.append(("features", ", ".join(costs) + " of the plain process pool's rate."))
     return lines
