@@ -368,7 +368,7 @@ def _parser() -> argparse.ArgumentParser:
     bench_parser.add_argument(
         "--repeat", type=_at_least(0), default=0, metavar="N", help="repetitions (default: 3, or 1 with --quick)"
     )
-    bench_parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (about 30 s)")
+    bench_parser.add_argument("--quick", action="store_true", help="small sizes, one repetition (about 40 s)")
     bench_parser.add_argument("--json", metavar="FILE", help="also write every figure, machine-readable")
     bench_parser.add_argument(
         "--fn", metavar="MODULE:FUNCTION", type=_function, help="benchmark your own function instead"
