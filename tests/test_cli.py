@@ -155,6 +155,7 @@ def test_demo_runs_with_the_dashboard() -> None:
     result = _run("demo", "--seconds", "2")
     assert result.returncode == 0, result.stderr
     assert "jobs done" in result.stdout and "workers replaced" in result.stdout
+    _fits(result.stdout.strip().splitlines()[-1])
 
 
 def test_demo_without_the_dashboard() -> None:
