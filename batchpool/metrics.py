@@ -7,7 +7,8 @@ mean run time to the histograms with weight n, bumps a few counters under one
 short lock (never one that ``submit`` waits on), and drops n completions into
 the current one-second bucket. ``Metrics.snapshot`` turns that into a frozen
 ``Stats``; the dashboard, the Prometheus exporter and ``ex.stats()`` only ever
-read snapshots.
+read snapshots. The Prometheus format itself lives in ``batchpool.prometheus``
+(``Stats.to_prometheus`` hands over to it).
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ _BUCKETS_PER_DOUBLING = 4
 _BASE = 1e-6
 _NBUCKETS = 4 * 40  # up to about 10^6 seconds
 _WINDOW = 60  # seconds of one-second completion buckets kept
+#: Upper bounds of the cumulative buckets a snapshot exports: one per doubling,
+#: from 1 us to about 134 s. Each is a bound of the fine buckets as well
+#: (every fourth), so a cumulative count is exact, not interpolated.
+EXPORT_BOUNDS = tuple(_BASE * 2.0**k for k in range(28))
 
 
 class Histogram:
@@ -82,6 +87,27 @@ class Histogram:
                 return min(math.sqrt(low * high), self.max)
         return self.max
 
+    def cumulative(self) -> tuple[tuple[float, int], ...]:
+        """(upper bound in seconds, values at or below it) at each of ``EXPORT_BOUNDS``.
+
+        Example:
+            >>> h = Histogram()
+            >>> h.add(0.0015, weight=3)
+            >>> dict(h.cumulative())[0.001024], dict(h.cumulative())[0.002048]
+            (0, 3)
+        """
+        out: list[tuple[float, int]] = []
+        seen = 0
+        done = 0  # fine buckets already summed
+        for k, bound in enumerate(EXPORT_BOUNDS):
+            # Fine bucket i holds [BASE * 2**((i-1)/4), BASE * 2**(i/4)): the
+            # values below BASE * 2**k are in buckets 0 to 4k.
+            end = 4 * k + 1
+            seen += sum(self.counts[done:end])
+            done = end
+            out.append((bound, seen))
+        return tuple(out)
+
     def summary(self) -> LatencyStats:
         """p50/p95/p99/max/mean of what was recorded."""
         return LatencyStats(
@@ -91,6 +117,8 @@ class Histogram:
             max=self.max,
             mean=self.total / self.count if self.count else 0.0,
             count=self.count,
+            total=self.total,
+            buckets=self.cumulative(),
         )
 
 
@@ -110,6 +138,10 @@ class LatencyStats:
     """Average."""
     count: int
     """Jobs measured."""
+    total: float = 0.0
+    """Sum of the values (seconds), as Prometheus's ``_sum``."""
+    buckets: tuple[tuple[float, int], ...] = ()
+    """Cumulative counts: (upper bound in seconds, jobs at or below it), one per doubling."""
 
 
 @dataclass(frozen=True)
@@ -155,9 +187,9 @@ class Stats:
     lanes: dict[str, int]
     """Jobs waiting per lane ('PRIORITY/key')."""
     throughput_1s: float
-    """Jobs settled per second over the last full second."""
+    """Jobs settled per second over the last full second (since start, for a pool younger than 1 s)."""
     throughput_10s: float
-    """Jobs settled per second over the last ten seconds."""
+    """Jobs settled per second over the last ten seconds (since start, for a pool younger than 10 s)."""
     throughput_total: float
     """Jobs settled per second since the pool was made."""
     history: list[int]
@@ -182,6 +214,8 @@ class Stats:
     """Workers that died and were replaced."""
     recent_errors: list[str]
     """The last few failures, newest last."""
+    recent_errors_final: list[bool] = field(default_factory=list)
+    """For each of ``recent_errors``: True when no retry followed (the Future failed)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data.
@@ -193,67 +227,22 @@ class Stats:
         """
         return asdict(self)
 
-    def to_prometheus(self, prefix: str = "batchpool") -> str:
-        """The Prometheus text exposition format (version 0.0.4)."""
-        lines: list[str] = []
+    def to_prometheus(self, prefix: str = "batchpool", pool: str = "default") -> str:
+        """The Prometheus text exposition format (version 0.0.4).
 
-        def metric(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, float]]) -> None:
-            lines.append(f"# HELP {prefix}_{name} {help_text}")
-            lines.append(f"# TYPE {prefix}_{name} {kind}")
-            for labels, value in samples:
-                lines.append(f"{prefix}_{name}{labels} {value:g}")
+        Latencies are histograms (cumulative ``_bucket{le=...}``, ``_sum``,
+        ``_count``, in seconds) and every sample carries a ``pool`` label, so
+        the figures of several pools and processes aggregate. See
+        ``batchpool.prometheus``.
 
-        for name, help_text in (
-            ("submitted", "Jobs accepted."),
-            ("completed", "Jobs that returned a result."),
-            ("failed", "Jobs that failed after all retries."),
-            ("cancelled", "Jobs cancelled before they ran."),
-            ("retried", "Retries scheduled."),
-            ("timed_out", "Runs stopped by their timeout."),
-            ("batches", "Batches sent to workers."),
-            ("worker_restarts", "Workers replaced after dying."),
-        ):
-            metric(f"{name}_total", "counter", help_text, [("", getattr(self, name))])
-        metric("in_flight", "gauge", "Jobs running in workers.", [("", self.in_flight)])
-        metric("queued", "gauge", "Jobs waiting in lanes.", [("", self.queued)])
-        metric(
-            "lane_depth",
-            "gauge",
-            "Jobs waiting per lane.",
-            [(f'{{lane="{_escape(lane)}"}}', depth) for lane, depth in self.lanes.items()],
-        )
-        metric("throughput", "gauge", "Jobs settled per second over the last 10 s.", [("", self.throughput_10s)])
-        latencies = (("queue_wait", self.queue_wait), ("run_time", self.run_time), ("end_to_end", self.end_to_end))
-        for name, stats in latencies:
-            metric(
-                f"{name}_seconds",
-                "summary",
-                f"Job latency: {name.replace('_', ' ')}.",
-                [
-                    ('{quantile="0.5"}', stats.p50),
-                    ('{quantile="0.95"}', stats.p95),
-                    ('{quantile="0.99"}', stats.p99),
-                    ("_sum", stats.mean * stats.count),
-                    ("_count", stats.count),
-                ],
-            )
-        metric(
-            "flushes_total",
-            "counter",
-            "Batches per flush reason.",
-            [(f'{{reason="{_escape(r)}"}}', n) for r, n in self.flush_reasons.items()],
-        )
-        metric(
-            "worker_rss_bytes",
-            "gauge",
-            "Resident memory per worker.",
-            [(f'{{worker="{w.id}",pid="{w.pid}"}}', w.rss) for w in self.workers if w.rss is not None],
-        )
-        return "\n".join(line.replace("}_sum", "_sum}").replace("}_count", "_count}") for line in lines) + "\n"
+        Example:
+            >>> text = Metrics().snapshot().to_prometheus(pool="api")
+            >>> 'batchpool_completed_total{pool="api"} 0' in text
+            True
+        """
+        from .prometheus import exposition
 
-
-def _escape(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return exposition(self, prefix=prefix, pool=pool)
 
 
 Listener = Callable[..., None]
@@ -288,7 +277,7 @@ class Metrics:
         self._run_time = Histogram()
         self._end_to_end = Histogram()
         self._seconds: deque[tuple[int, int]] = deque(maxlen=_WINDOW + 2)  # (second, jobs settled)
-        self._errors: deque[str] = deque(maxlen=8)
+        self._errors: deque[tuple[bool, str]] = deque(maxlen=8)  # (final, text)
         self._listeners = _Listeners()
         self._procs: dict[int, Any] = {}  # psutil.Process per pid, for CPU deltas
 
@@ -328,7 +317,7 @@ class Metrics:
                 self._count_settled(1)
             else:
                 self._retried += 1
-            self._errors.append(f"job {job_id}: {type(exc).__name__}: {exc}"[:200])
+            self._errors.append((final, f"job {job_id}: {type(exc).__name__}: {exc}"[:200]))
         if final and self._listeners.on_job_failed:
             self._emit(self._listeners.on_job_failed, job_id, exc)
 
@@ -344,7 +333,7 @@ class Metrics:
             with self._lock:
                 self._failed += n
                 self._count_settled(n)
-                self._errors.append(f"{n} jobs: {type(exc).__name__}: {exc}"[:200])
+                self._errors.append((True, f"{n} jobs: {type(exc).__name__}: {exc}"[:200]))
             if self._listeners.on_job_failed:
                 for _ in range(n):
                     self._emit(self._listeners.on_job_failed, None, exc)
@@ -418,6 +407,18 @@ class Metrics:
         per_second = dict(seconds)
         history = [per_second.get(s, 0) for s in range(current - _WINDOW, current)]
         uptime = max(now - self._start, 1e-9)
+        settled = completed + failed
+
+        def rate(window: int) -> float:
+            # A pool younger than the window has settled everything inside
+            # it: divide by its age, not by the window (ten jobs in the first
+            # second are 10 jobs/s, not 1). Older: whole seconds only, divided
+            # by the part of them the pool was alive for.
+            if uptime < window:
+                return settled / uptime
+            alive = min(float(window), current - self._start)
+            return sum(history[-window:]) / alive if alive > 0 else settled / uptime
+
         return Stats(
             uptime=uptime,
             submitted=submitted,
@@ -429,9 +430,9 @@ class Metrics:
             in_flight=in_flight,
             queued=queued,
             lanes=dict(lanes or {}),
-            throughput_1s=float(history[-1]) if history else 0.0,
-            throughput_10s=sum(history[-10:]) / 10,
-            throughput_total=(completed + failed) / uptime,
+            throughput_1s=rate(1),
+            throughput_10s=rate(10),
+            throughput_total=settled / uptime,
             history=history,
             queue_wait=queue_wait,
             run_time=run_time,
@@ -442,7 +443,8 @@ class Metrics:
             flush_reasons=flush,
             workers=[self._worker(*w) for w in workers],
             worker_restarts=restarts,
-            recent_errors=errors,
+            recent_errors=[text for _, text in errors],
+            recent_errors_final=[final for final, _ in errors],
         )
 
     def _worker(self, wid: int, pid: int, state: str, jobs: int, is_process: bool) -> WorkerStats:

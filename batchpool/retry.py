@@ -23,10 +23,10 @@ class RetryPolicy:
     """When and how soon a failed job runs again.
 
     A job is retried while it has attempts left and its failure is retryable:
-    an exception matching ``retry_on`` (a tuple of types, or a predicate that
-    takes the exception), or a crash of its worker, or its ``timeout``
-    (``JobTimeoutError``; a ``TimeoutError`` the job raises itself follows
-    ``retry_on``). The
+    an exception matching ``retry_on`` (an exception class, a tuple of them,
+    or a predicate that takes the exception), or a crash of its worker, or its
+    ``timeout`` (``JobTimeoutError``; a ``TimeoutError`` the job raises itself
+    follows ``retry_on``). The
     n-th retry waits ``min(max_backoff, backoff * 2**(n-1))`` seconds, or,
     with ``jitter`` ("full jitter"), a uniformly random time up to that, so
     that retries of many jobs do not arrive together. No thread sleeps: the job
@@ -37,7 +37,11 @@ class RetryPolicy:
         backoff: base delay in seconds.
         max_backoff: cap on one delay.
         jitter: randomise each delay (full jitter).
-        retry_on: exception types, or a predicate, deciding what is retryable.
+        retry_on: an exception class, a tuple of them, or a predicate (a
+            callable that is not a class) deciding what is retryable.
+
+    Raises:
+        TypeError: ``retry_on`` is none of those (the message names it).
 
     Example:
         >>> policy = RetryPolicy(max_attempts=3, backoff=0.1, jitter=False)
@@ -45,13 +49,17 @@ class RetryPolicy:
         (0.1, 0.2)
         >>> policy.should_retry(ValueError(), attempt=1), policy.should_retry(ValueError(), attempt=3)
         (True, False)
+        >>> RetryPolicy(retry_on=ConnectionError).retryable(ValueError())
+        False
+        >>> RetryPolicy(retry_on=lambda exc: "hiccup" in str(exc)).retryable(OSError("hiccup"))
+        True
     """
 
     max_attempts: int = 3
     backoff: float = 0.1
     max_backoff: float = 10.0
     jitter: bool = True
-    retry_on: tuple[type[BaseException], ...] | Callable[[BaseException], bool] = (Exception,)
+    retry_on: type[BaseException] | tuple[type[BaseException], ...] | Callable[[BaseException], bool] = (Exception,)
     _random: Callable[[], float] = field(default=random.random, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -63,10 +71,23 @@ class RetryPolicy:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"RetryPolicy {name} must be a finite number >= 0, got {value!r}")
-        if not callable(self.retry_on) and not (
-            isinstance(self.retry_on, tuple) and all(isinstance(t, type) for t in self.retry_on)
-        ):
-            raise TypeError("RetryPolicy retry_on must be a tuple of exception types or a predicate")
+        retry_on = self.retry_on
+        # A class is callable too: without this check, retry_on=ConnectionError
+        # was taken as a predicate, and ConnectionError(exc) is truthy, so
+        # every exception counted as retryable.
+        if isinstance(retry_on, type):
+            if not issubclass(retry_on, BaseException):
+                raise TypeError(f"RetryPolicy retry_on must be an exception class, got the class {retry_on.__name__}")
+            object.__setattr__(self, "retry_on", (retry_on,))
+        elif isinstance(retry_on, tuple):
+            wrong = [t for t in retry_on if not (isinstance(t, type) and issubclass(t, BaseException))]
+            if wrong:
+                raise TypeError(f"RetryPolicy retry_on tuple must hold exception classes only, got {wrong[0]!r}")
+        elif not callable(retry_on):
+            raise TypeError(
+                "RetryPolicy retry_on must be an exception class, a tuple of them, or a predicate,"
+                f" got {type(retry_on).__name__}"
+            )
 
     def retryable(self, exc: BaseException) -> bool:
         """True when ``exc`` is a failure this policy retries."""

@@ -1,8 +1,12 @@
-"""Run workloads against executors, interleaved and repeated; no printing here.
+"""Run workloads against pools, interleaved and repeated; no printing here.
 
-Every result is a ratio-friendly number measured in the same process run as
-its baselines: jobs (or bytes) per second, median of the repetitions, with
-min and max as the spread. The CLI renders what ``run`` returns.
+Every result is a number measured in the same process run as its baselines:
+jobs (or items, or bytes) per second, milliseconds, or objects, the median of
+the repetitions with min and max as the spread. A workload lists the pools it
+applies to (the others are not run, and not reported); a pool that is not
+installed or not in this build is reported once, with the reason. ``pages``
+and ``dask`` bring their own pools (a paginated source, a local cluster).
+The CLI renders what ``run`` returns (``bench.report``).
 """
 
 from __future__ import annotations
@@ -12,26 +16,24 @@ import importlib.util
 import multiprocessing
 import os
 import platform
-import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..executor import BatchPoolExecutor
-from ..options import Priority
+from . import measures as m
 from . import workloads as w
+from .executors import EXECUTORS, PEERS, unavailable
 
-__all__ = ["EXECUTORS", "WORKLOADS", "Result", "run", "system_info"]
+__all__ = ["BASELINES", "EXECUTORS", "PEERS", "VARIANTS", "WORKLOADS", "Result", "Workload", "run", "system_info"]
 
 
 @dataclass
 class Result:
-    """One workload on one executor: the median and spread of its repetitions."""
+    """One workload on one pool: the median and spread of its repetitions."""
 
     workload: str
     executor: str
@@ -39,312 +41,183 @@ class Result:
     samples: list[float] = field(default_factory=list)
     skipped: str = ""
     extra: dict[str, float] = field(default_factory=dict)
+    lower_is_better: bool = False
 
     @property
     def median(self) -> float:
-        return statistics.median(self.samples) if self.samples else float("nan")
+        """The median of the samples (NaN when skipped)."""
+        return m.median(self.samples)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field, and the median, JSON-able."""
         data = asdict(self)
         data["median"] = None if not self.samples else self.median
         return data
 
 
-# -- executors -------------------------------------------------------------------
+MeasureFn = Callable[[Any, str, m.Sizes], tuple[float, dict[str, float]]]
+StandaloneFn = Callable[[int, m.Sizes, Callable[[str], None]], list[Result]]
 
-
-class _AsyncResult:
-    """An ApplyResult seen as a Future (``result`` only); no reference cycle."""
-
-    __slots__ = ("_inner",)
-
-    def __init__(self, inner: Any) -> None:
-        self._inner = inner
-
-    def result(self, timeout: float | None = None) -> Any:
-        return self._inner.get(timeout)
-
-
-class _PoolAdapter:
-    """multiprocessing.Pool behind the two calls the workloads use."""
-
-    def __init__(self, workers: int) -> None:
-        self.pool = multiprocessing.get_context().Pool(workers)
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return _AsyncResult(self.pool.apply_async(fn, args))
-
-    def map(self, fn: Callable[..., Any], items: Any, chunksize: int = 1) -> Any:
-        return self.pool.map(fn, items, chunksize=max(chunksize, 1000))
-
-    def shutdown(self) -> None:
-        self.pool.terminate()
-        self.pool.join()
-
-
-def _with_dashboard(workers: int) -> Any:
-    """A process pool with the live dashboard on, rendering into a terminal sink."""
-    import io
-
-    from rich.console import Console
-
-    from ..dashboard import Dashboard
-
-    ex = BatchPoolExecutor(workers)
-    view = Dashboard(ex, console=Console(file=io.StringIO(), force_terminal=True, width=120))
-    view.start()
-    ex._add_shutdown_hook(view.stop)
-    return ex
-
-
-class _MapOnly:
-    """Pools that only map (joblib, mpire): submit-style workloads do not apply."""
-
-    def __init__(self, run_map: Callable[[Callable[..., Any], Any], list[Any]], close: Callable[[], None]) -> None:
-        self._run_map = run_map
-        self._close = close
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        value = self._run_map(fn, [args[0]])[0]
-        done: Any = type("Done", (), {"result": lambda self, timeout=None: value})()
-        return done
-
-    def map(self, fn: Callable[..., Any], items: Any, chunksize: int = 1) -> Any:
-        return self._run_map(fn, list(items))
-
-    def shutdown(self) -> None:
-        self._close()
-
-
-def _joblib(workers: int) -> Any:
-    from joblib import Parallel, delayed  # type: ignore[import-not-found]
-
-    parallel = Parallel(n_jobs=workers, batch_size="auto")
-    return _MapOnly(lambda fn, items: list(parallel(delayed(fn)(x) for x in items)), lambda: None)
-
-
-def _mpire(workers: int) -> Any:
-    from mpire import WorkerPool  # type: ignore[import-not-found]
-
-    pool = WorkerPool(n_jobs=workers)
-    return _MapOnly(lambda fn, items: pool.map(fn, items), pool.terminate)
-
-
-def _loky(workers: int) -> Any:
-    from loky import get_reusable_executor  # type: ignore[import-not-found]
-
-    return get_reusable_executor(max_workers=workers)
-
-
-EXECUTORS: dict[str, tuple[Callable[[int], Any], str | None]] = {
-    # name: (factory, module that must be importable, if any)
-    "batchpool-process": (lambda n: BatchPoolExecutor(n), None),
-    "batchpool-pipe": (lambda n: BatchPoolExecutor(n, transport="pipe"), None),
-    "batchpool-thread": (lambda n: BatchPoolExecutor(n, backend="thread"), None),
-    "batchpool+dashboard": (_with_dashboard, None),
-    "ThreadPoolExecutor": (lambda n: ThreadPoolExecutor(n), None),
-    "ProcessPoolExecutor": (lambda n: ProcessPoolExecutor(n), None),
-    "multiprocessing.Pool": (lambda n: _PoolAdapter(n), None),
-    "loky": (_loky, "loky"),
-    "joblib": (_joblib, "joblib"),
-    "mpire": (_mpire, "mpire"),
-}
-BASELINES = ("ThreadPoolExecutor", "ProcessPoolExecutor", "multiprocessing.Pool")
-
-
-@contextmanager
-def _executor(name: str, workers: int, modules: tuple[str, ...] = ()) -> Iterator[Any]:
-    factory, _ = EXECUTORS[name]
-    ex = factory(workers)
-    try:
-        # Every worker up, with the workload's modules imported, before any
-        # clock starts: jobs that overlap force the pools that start workers
-        # on demand to start them all.
-        for f in [ex.submit(w.warm_up, 0.05, modules) for _ in range(workers * 2)]:
-            f.result(60)
-        yield ex
-    finally:
-        if name != "loky":  # loky's executor is reusable by design; it stays up
-            ex.shutdown()
-
-
-def _missing(name: str) -> str:
-    module = EXECUTORS[name][1]
-    if module is not None and importlib.util.find_spec(module) is None:
-        return f"{module} is not installed"
-    return ""
-
-
-# -- workloads ---------------------------------------------------------------------
+_CORE = ("batchpool-process", "batchpool-thread", "ThreadPoolExecutor", "ProcessPoolExecutor", "multiprocessing.Pool")
 
 
 @dataclass(frozen=True)
-class Sizes:
-    submit: int
-    submit_slow_pools: int
-    map: int
-    cpu_jobs: int
-    cpu_loops: int
-    arrays: int
-    batched: int
-    latency_seconds: float
+class Workload:
+    """A workload: what it measures, its unit, and the pools it applies to."""
+
+    title: str
+    """One line for the table's title."""
+    unit: str
+    """The value's unit."""
+    measure: MeasureFn | None = None
+    """Measures one pool (None: ``standalone`` brings its own pools)."""
+    pools: tuple[str, ...] = ()
+    """The pools it is run on, in the table's order."""
+    lower_is_better: bool = False
+    """Milliseconds and object counts: smaller wins."""
+    imports: tuple[str, ...] = ()
+    """Modules its jobs import, imported while the workers warm up."""
+    batchpool_kwargs: tuple[tuple[str, Any], ...] = ()
+    """Constructor arguments of the batchpool pools for this workload."""
+    standalone: StandaloneFn | None = None
+    """(workers, sizes, progress) -> results, for workloads with pools of their own."""
 
 
-FULL = Sizes(200_000, 200_000, 1_000_000, 32, 200_000, 128, 20_000, 5.0)
-QUICK = Sizes(20_000, 4_000, 100_000, 8, 100_000, 16, 4_000, 1.5)
-#: What a workload's jobs import in the worker: imported while warming up,
-#: not on the clock (importing numpy takes longer than moving 1 GB).
-_IMPORTS = {"numpy": ("numpy",)}
-_SLOW_SUBMIT = ("ProcessPoolExecutor", "multiprocessing.Pool", "loky")
-_CHUNKED_MAP = ("ProcessPoolExecutor", "multiprocessing.Pool", "loky")
-
-
-def _submit(ex: Any, name: str, sizes: Sizes) -> tuple[float, dict[str, float]]:
-    n = sizes.submit_slow_pools if name in _SLOW_SUBMIT else sizes.submit
-    start = time.perf_counter()
-    futures = [ex.submit(w.tiny, i) for i in range(n)]
-    for f in futures:
-        f.result(600)
-    return n / (time.perf_counter() - start), {}
-
-
-def _map(ex: Any, name: str, sizes: Sizes) -> tuple[float, dict[str, float]]:
-    chunksize = 1000 if name in _CHUNKED_MAP else 1
-    start = time.perf_counter()
-    total = sum(ex.map(w.tiny, range(sizes.map), chunksize=chunksize))
-    seconds = time.perf_counter() - start
-    assert total == sizes.map * (sizes.map + 1) // 2
-    return sizes.map / seconds, {}
-
-
-def _serial_cpu_rate(sizes: Sizes) -> float:
-    start = time.perf_counter()
-    for _ in range(sizes.cpu_jobs):
-        w.cpu(sizes.cpu_loops)
-    return sizes.cpu_jobs / (time.perf_counter() - start)
-
-
-_serial_rates: dict[Sizes, float] = {}
-
-
-def _cpu(ex: Any, name: str, sizes: Sizes) -> tuple[float, dict[str, float]]:
-    if sizes not in _serial_rates:
-        _serial_rates[sizes] = _serial_cpu_rate(sizes)
-    start = time.perf_counter()
-    futures = [ex.submit(w.cpu, sizes.cpu_loops) for _ in range(sizes.cpu_jobs)]
-    for f in futures:
-        f.result(600)
-    rate = sizes.cpu_jobs / (time.perf_counter() - start)
-    return rate, {"speedup_vs_serial": rate / _serial_rates[sizes]}
-
-
-def _memcpy_gbps(np: Any, arrays: list[Any]) -> tuple[float, float]:
-    """Single-core memcpy bandwidth: (hot: one array copied again and again, cold: each array once)."""
-    out = np.empty_like(arrays[0])
-    np.copyto(out, arrays[0])
-    start = time.perf_counter()
-    for _ in range(10):
-        np.copyto(out, arrays[0])
-    hot = 10 * arrays[0].nbytes / (time.perf_counter() - start)
-    start = time.perf_counter()
-    for arr in arrays:
-        np.copyto(out, arr)
-    cold = sum(arr.nbytes for arr in arrays) / (time.perf_counter() - start)
-    return hot / 1e9, cold / 1e9
-
-
-def _numpy(ex: Any, name: str, sizes: Sizes) -> tuple[float, dict[str, float]]:
-    import numpy as np
-
-    # A stream of 8 MB float64 arrays: 16 distinct ones (128 MB, more than
-    # any cache, so every copy reads memory), each job given a view object of
-    # its own (the same object n times would be pickled once per batch, by
-    # pickle's memo, which measures nothing).
-    rng = np.random.default_rng(0)
-    distinct = [rng.random(1_000_000) for _ in range(min(16, sizes.arrays))]
-    jobs = [distinct[i % len(distinct)][:] for i in range(sizes.arrays)]
-    start = time.perf_counter()
-    futures = [ex.submit(w.array_sum, arr) for arr in jobs]
-    for f in futures:
-        f.result(600)
-    gbps = sum(arr.nbytes for arr in jobs) / (time.perf_counter() - start) / 1e9
-    hot, cold = _memcpy_gbps(np, distinct)
-    return gbps, {"share_of_memcpy": gbps / hot, "share_of_cold_memcpy": gbps / cold}
-
-
-def _batched(ex: Any, name: str, sizes: Sizes) -> tuple[float, dict[str, float]]:
-    fn = w.bulk_square if name.startswith("batchpool") else w.square_with_overhead
-    start = time.perf_counter()
-    futures = [ex.submit(fn, i) for i in range(sizes.batched)]
-    for f in futures:
-        f.result(600)
-    return sizes.batched / (time.perf_counter() - start), {}
-
-
-def _latency(ex: Any, name: str, sizes: Sizes) -> tuple[float, dict[str, float]]:
-    """REALTIME round trips while a feeder thread keeps BULK work queued."""
-    bulk = ex.options(priority=Priority.BULK) if name.startswith("batchpool") else ex
-    urgent = ex.options(priority=Priority.REALTIME) if name.startswith("batchpool") else ex
-    stop = threading.Event()
-    backlog: list[Any] = []
-
-    def feeder() -> None:
-        # Keep about 500 BULK jobs queued, topping up in small bursts so the
-        # feeder itself does not hold the parent's GIL for long stretches.
-        while not stop.is_set():
-            backlog[:] = [f for f in backlog if not f.done()]
-            for _ in range(min(50, max(0, 500 - len(backlog)))):
-                backlog.append(bulk.submit(w.bulk_work, 0.0005))
-            stop.wait(0.002)
-
-    thread = threading.Thread(target=feeder, daemon=True)
-    thread.start()
-    time.sleep(0.3)  # let the flood saturate the pool
-    trips: list[float] = []
-    end = time.perf_counter() + sizes.latency_seconds
+def _pages(workers: int, sizes: m.Sizes, progress: Callable[[str], None]) -> list[Result]:
     try:
-        while time.perf_counter() < end:
-            sent = time.perf_counter()
-            urgent.submit(w.probe, sent).result(60)
-            trips.append(time.perf_counter() - sent)
-            time.sleep(0.005)
+        from . import pages  # type: ignore[import-not-found,attr-defined,unused-ignore]
+    except ImportError as exc:
+        del exc
+        return [Result("pages", "map_pages", "items/s", skipped="not in this build (bench/pages.py)")]
+    progress("pages: pipelined and serial pagination")
+    try:
+        figures = pages.measure(workers=workers, quick=sizes is m.QUICK)
+    except Exception as exc:  # noqa: BLE001 - one broken workload must not lose the others' numbers
+        return [Result("pages", "map_pages", "items/s", skipped=f"failed: {type(exc).__name__}: {exc}")]
+    numbers = {k: float(v) for k, v in figures.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    pipelined = next((v for k, v in numbers.items() if "pipelined" in k), float("nan"))
+    serial = next((v for k, v in numbers.items() if "serial" in k), float("nan"))
+    return [
+        Result("pages", "map_pages", "items/s", [pipelined], extra=numbers),
+        Result("pages", "serial loop", "items/s", [serial]),
+    ]
+
+
+def _dask(workers: int, sizes: m.Sizes, progress: Callable[[str], None]) -> list[Result]:
+    import inspect
+
+    def skipped(reason: str) -> list[Result]:
+        return [Result("dask", name, "jobs/s", skipped=reason) for name in ("batchpool-dask", "get_executor")]
+
+    if importlib.util.find_spec("distributed") is None:
+        return skipped("not installed")
+    if "client" not in inspect.signature(BatchPoolExecutor).parameters:
+        return skipped("no Dask backend in this build")
+    from distributed import Client, LocalCluster  # type: ignore[import-not-found,import-untyped,unused-ignore]
+
+    progress("dask: starting a local cluster")
+    results = []
+    cluster = LocalCluster(  # type: ignore[no-untyped-call,unused-ignore]
+        n_workers=workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None, processes=True
+    )
+    try:
+        with Client(cluster) as client:  # type: ignore[no-untyped-call,unused-ignore]
+            try:
+                ours: Any = BatchPoolExecutor(backend="dask", client=client)  # type: ignore[call-arg,unused-ignore]
+            except TypeError as exc:
+                return skipped(f"no Dask backend in this build ({type(exc).__name__}: {exc})")
+            pools = (
+                ("batchpool-dask", ours, sizes.dask_jobs),
+                ("get_executor", client.get_executor(), sizes.dask_jobs // 10),
+            )
+            for name, ex, n in pools:
+                progress(f"dask on {name}")
+                ex.submit(w.tiny, 0).result(60)
+                start = time.perf_counter()
+                for f in [ex.submit(w.tiny, i) for i in range(n)]:
+                    f.result(600)
+                results.append(Result("dask", name, "jobs/s", [n / (time.perf_counter() - start)]))
+                ex.shutdown(wait=True)
     finally:
-        stop.set()
-        thread.join()
-        for f in backlog:
-            f.cancel()
-    trips.sort()
-    p50 = trips[len(trips) // 2] * 1000
-    p99 = trips[min(len(trips) - 1, int(len(trips) * 0.99))] * 1000
-    return p99, {"p50_ms": p50, "p99_ms": p99, "probes": float(len(trips))}
+        cluster.close()
+    return results
 
 
-WORKLOADS: dict[str, tuple[Callable[[Any, str, Sizes], tuple[float, dict[str, float]]], str]] = {
-    "submit": (_submit, "jobs/s"),
-    "map": (_map, "items/s"),
-    "cpu": (_cpu, "jobs/s"),
-    "numpy": (_numpy, "GB/s"),
-    "batched": (_batched, "items/s"),
-    "latency": (_latency, "p99 ms"),
+_SUBMIT_POOLS = (*_CORE, "loky", "mpire")
+WORKLOADS: dict[str, Workload] = {
+    "submit": Workload(
+        "tiny jobs, one submit() each",
+        "jobs/s",
+        m.submit,
+        (
+            *_SUBMIT_POOLS[:2],
+            "batchpool-pipe",
+            "batchpool+dashboard",
+            "batchpool+journal",
+            "batchpool+journal-full",
+            *_SUBMIT_POOLS[2:],
+        ),
+    ),
+    "map": Workload(
+        "tiny items through map()",
+        "items/s",
+        m.map_items,
+        (*_CORE[:2], "batchpool-pipe", "batchpool+dashboard", "batchpool+retry", *_CORE[2:], "loky", "joblib", "mpire"),
+    ),
+    "cpu": Workload("pure-Python jobs of ~10 ms", "jobs/s", m.cpu, _SUBMIT_POOLS),
+    "numpy": Workload(
+        "8 MB arrays summed in the worker",
+        "GB/s",
+        m.numpy,
+        (
+            "batchpool-process",
+            "batchpool-pipe",
+            "batchpool-thread",
+            "ThreadPoolExecutor",
+            "ProcessPoolExecutor",
+            "loky",
+        ),
+        imports=("numpy",),
+    ),
+    "batched": Workload("a call that costs 0.2 ms, per item or per batch", "items/s", m.batched, _SUBMIT_POOLS),
+    "latency": Workload(
+        "round trip: idle, then REALTIME under a BULK flood",
+        "ms p99",
+        m.latency,
+        ("batchpool-process", "batchpool-thread", "ThreadPoolExecutor", "ProcessPoolExecutor", "loky"),
+        lower_is_better=True,
+    ),
+    "gc": Workload(
+        "GC-tracked objects per job in the parent",
+        "objects",
+        m.gc_objects,
+        _SUBMIT_POOLS,
+        lower_is_better=True,
+        batchpool_kwargs=(("max_batch_size", 64), ("max_delay", 0.05)),
+    ),
+    "pages": Workload("map_pages on a 50 ms-latency source vs a serial loop", "items/s", standalone=_pages),
+    "dask": Workload("tiny jobs on a 2-worker local Dask cluster", "jobs/s", standalone=_dask),
 }
-# Where a workload does not apply to an executor, and why.
-_NOT_APPLICABLE = {
-    **{
-        (workload, pool): "it has no submit(); compared on map only"
-        for workload in ("submit", "cpu", "numpy", "batched", "latency")
-        for pool in ("joblib", "mpire")
-    },
-    **{
-        (workload, "batchpool+dashboard"): "the dashboard's cost is measured on submit and map"
-        for workload in ("cpu", "numpy", "batched", "latency")
-    },
-    **{
-        (workload, "batchpool-pipe"): "the transport is compared on submit, map and numpy"
-        for workload in ("cpu", "batched", "latency")
-    },
-    ("latency", "multiprocessing.Pool"): "no way to submit to it under a flood with a timeout",
-    ("numpy", "multiprocessing.Pool"): "covered by ProcessPoolExecutor (same transport)",
-}
+BASELINES = ("ThreadPoolExecutor", "ProcessPoolExecutor", "multiprocessing.Pool")
+#: Variants compared with the plain process pool (their cost), as ``extra["share_of_plain"]``.
+VARIANTS = ("batchpool-pipe", "batchpool+dashboard", "batchpool+retry", "batchpool+journal", "batchpool+journal-full")
+
+
+@contextmanager
+def _executor(name: str, workers: int, workload: Workload) -> Iterator[Any]:
+    pool = EXECUTORS[name]
+    ex = pool.make(workers, dict(workload.batchpool_kwargs) if name.startswith("batchpool") else {})
+    try:
+        if hasattr(ex, "submit"):
+            # Every worker up, with the workload's modules imported, before
+            # any clock starts: jobs that overlap force the pools that start
+            # workers on demand to start them all.
+            for f in [ex.submit(w.warm_up, 0.05, workload.imports) for _ in range(workers * 2)]:
+                f.result(60)
+        yield ex
+    finally:
+        if not pool.stays_up:
+            ex.shutdown()
 
 
 def run(
@@ -356,33 +229,46 @@ def run(
     quick: bool = False,
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[Result]:
-    """Run every workload on every executor, ``repeat`` times, interleaved."""
-    sizes = QUICK if quick else FULL
-    results: dict[tuple[str, str], Result] = {}
-    for workload in workloads:
-        fn, unit = WORKLOADS[workload]
-        for executor in executors:
-            result = results[workload, executor] = Result(workload, executor, unit)
-            reason = _missing(executor) or _NOT_APPLICABLE.get((workload, executor), "")
-            if workload == "numpy" and importlib.util.find_spec("numpy") is None:
-                reason = "numpy is not installed (pip install batchpool[bench])"
-            result.skipped = reason
+    """Run the workloads on the pools (those of ``executors`` each applies to), ``repeat`` times, interleaved.
+
+    Returns the applicable pairs, and the pools that could not run, with
+    ``skipped`` saying why ('not installed', or what this build lacks).
+    """
+    sizes = m.QUICK if quick else m.FULL
+    results: list[Result] = []
+    probed: dict[str, str] = {}
+    for name in workloads:
+        workload = WORKLOADS[name]
+        if workload.standalone is not None:
+            results.extend(workload.standalone(workers, sizes, progress))
+            continue
+        assert workload.measure is not None
+        rows = []
+        for executor in (e for e in workload.pools if e in executors):
+            row = Result(name, executor, workload.unit, lower_is_better=workload.lower_is_better)
+            row.skipped = unavailable(executor, probed)
+            if name == "numpy" and importlib.util.find_spec("numpy") is None:
+                row.skipped = "numpy is not installed (pip install batchpool[bench])"
+            rows.append(row)
         for rep in range(repeat):
-            for executor in executors:
-                result = results[workload, executor]
-                if result.skipped:
+            for row in rows:
+                if row.skipped:
                     continue
-                progress(f"{workload} on {executor} ({rep + 1}/{repeat})")
+                progress(f"{name} on {row.executor} ({rep + 1}/{repeat})")
                 # Garbage left by the previous run is collected now, not on
                 # the next run's clock.
                 gc.collect()
-                with _executor(executor, workers, _IMPORTS.get(workload, ())) as ex:
-                    value, extra = fn(ex, executor, sizes)
-                result.samples.append(value)
+                with _executor(row.executor, workers, workload) as ex:
+                    value, extra = workload.measure(ex, row.executor, sizes)
+                row.samples.append(value)
                 for key, number in extra.items():
-                    result.extra.setdefault(key, 0.0)
-                    result.extra[key] += number / repeat
-    return list(results.values())
+                    row.extra[key] = row.extra.get(key, 0.0) + number / repeat
+        plain = next((r for r in rows if r.executor == "batchpool-process" and r.samples), None)
+        for row in rows:
+            if plain is not None and row.executor in VARIANTS and row.samples:
+                row.extra["share_of_plain"] = row.median / plain.median
+        results.extend(rows)
+    return results
 
 
 def system_info(workers: int) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import threading
 import urllib.request
@@ -95,10 +96,10 @@ def test_dashboard_renders_every_panel_under_load() -> None:
         [f.result(TIMEOUT) for f in [ex.submit(helpers.add_one, i) for i in range(1000)]]
         with pytest.raises(ValueError):
             ex.submit(helpers.raise_value_error, "shown").result(TIMEOUT)
-        console = Console(record=True, width=120)
+        console = Console(record=True, width=120, file=io.StringIO())
         console.print(render(ex.stats()))
     text = console.export_text()
-    for panel in ("Pool", "Throughput", "Latency", "Batches", "Lanes", "Workers", "Recent errors"):
+    for panel in ("batchpool", "jobs/s now", "Latency", "Batches", "Lanes", "Workers", "Recent errors"):
         assert panel in text
     assert "completed 1,000" in text and "ValueError: shown" in text
 
@@ -131,7 +132,7 @@ def test_metrics_server_answers_locally_and_stops_with_the_pool() -> None:
         with urllib.request.urlopen(server.url, timeout=TIMEOUT) as response:
             body = response.read().decode()
             assert response.headers["Content-Type"].startswith("text/plain")
-        assert "batchpool_completed_total 1" in body
+        assert 'batchpool_completed_total{pool="default"} 1' in body
     finally:
         ex.shutdown()
     with pytest.raises(OSError):
@@ -166,3 +167,24 @@ def test_worker_death_listener(tmp_path) -> None:  # type: ignore[no-untyped-def
         assert ex.submit(helpers.add_one, 1).result(TIMEOUT) == 2
     assert died and died[0][1] == 3
     assert ex.stats().worker_restarts == 1
+
+
+def test_prometheus_histograms_count_every_completed_job(pool: Callable[..., BatchPoolExecutor]) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from batchpool.prometheus import BatchPoolCollector
+
+    ex = pool()
+    [f.result(TIMEOUT) for f in [ex.submit(helpers.add_one, i) for i in range(500)]]
+    registry = CollectorRegistry()
+    registry.register(BatchPoolCollector(ex, pool="jobs"))
+    ex.shutdown(wait=True)
+    for text in (ex.stats().to_prometheus(pool="jobs"), generate_latest(registry).decode()):
+        fams = {f.name: f for f in text_string_to_metric_families(text)}
+        for name in ("queue_wait", "end_to_end"):
+            samples = fams[f"batchpool_{name}_seconds"].samples
+            count = next(s.value for s in samples if s.name.endswith("_count"))
+            buckets = [s.value for s in samples if s.name.endswith("_bucket")]
+            assert count == 500 and buckets[-1] == 500 and buckets == sorted(buckets)
+            assert all(s.labels["pool"] == "jobs" for s in samples)

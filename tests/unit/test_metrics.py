@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import math
-import re
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -50,28 +50,46 @@ def test_counters_and_throughput_windows() -> None:
     assert "ValueError: x" in s.recent_errors[-1]
 
 
-PROM_LINE = re.compile(r'^[a-zA-Z_:][a-zA-Z0-9_:]*(\{([a-zA-Z_]+="(?:[^"\\]|\\.)*",?)*\})? -?[0-9.e+-]+$')
-
-
 def test_prometheus_text_parses() -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
     m = Metrics()
     m.batch_sent(4, "free worker", 0.001)
     m.results(4)
     m.batch_done(4, 0.004, 0.005)
     text = m.snapshot(submitted=4, lanes={'NORMAL/f"q': 2}).to_prometheus()
-    types = {}
-    for line in text.strip().splitlines():
-        if line.startswith("# TYPE"):
-            _, _, name, kind = line.split()
-            types[name] = kind
-            assert kind in ("counter", "gauge", "summary")
-        elif line.startswith("# HELP"):
-            continue
-        else:
-            assert PROM_LINE.match(line), line
-            name = re.split(r"[{ ]", line)[0]
-            base = re.sub(r"_(sum|count)$", "", name)
-            assert name in types or base in types, line
-    assert types["batchpool_completed_total"] == "counter"
-    assert "batchpool_completed_total 4" in text
-    assert 'batchpool_lane_depth{lane="NORMAL/f\\"q"} 2' in text
+    types = {f.name: f.type for f in text_string_to_metric_families(text)}
+    assert set(types.values()) == {"counter", "gauge", "histogram"}
+    assert 'batchpool_completed_total{pool="default"} 4' in text
+    assert 'batchpool_lane_depth{pool="default",lane="NORMAL/f\\"q"} 2' in text
+
+
+def test_windows_divide_by_the_pool_age_while_it_is_younger_than_the_window() -> None:
+    now = [1000.5]
+    m = Metrics(clock=lambda: now[0])
+    now[0] += 0.5
+    m.results(10)  # 10 jobs in the first half second
+    s = m.snapshot()
+    assert s.throughput_1s == 20 and s.throughput_10s == 20 and s.throughput_total == 20
+    for _ in range(3):  # then 100 jobs in each of three whole seconds
+        now[0] += 1
+        m.results(100)
+    now[0] += 0.25  # 3.75 s old: every job so far is inside the 10 s window
+    s = m.snapshot()
+    assert s.throughput_10s == pytest.approx(310 / 3.75)
+    assert s.throughput_1s == 100  # the last whole second
+    for _ in range(20):
+        now[0] += 1
+        m.results(50)
+    s = m.snapshot()
+    assert s.throughput_10s == 50 and s.throughput_1s == 50
+
+
+def test_recent_errors_say_which_were_retried_and_which_final() -> None:
+    m = Metrics()
+    m.job_failed(1, ConnectionError("hiccup"), final=False)
+    m.job_failed(1, ConnectionError("hiccup"), final=True)
+    m.jobs_failed(3, RuntimeError("pool broken"))
+    s = m.snapshot()
+    assert s.recent_errors_final == [False, True, True]
+    assert "job 1: ConnectionError: hiccup" in s.recent_errors[0]
