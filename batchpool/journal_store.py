@@ -1,0 +1,453 @@
+"""The journal's file: schema, opening and checking, SQL for each record, recovery.
+
+One responsibility: what is in the SQLite file and how rows are written and
+read. No threads here: ``journal.JournalWriter`` calls these from its writer
+thread, ``journal_report.Journal`` from any. Imports from batchpool only
+``errors`` and ``serialization``. Schema (``SCHEMA_VERSION`` 1; other features
+may add tables of their own to the same file, prefixed differently)::
+
+    bp_journal_meta(name PRIMARY KEY, value)   magic, version, sessions (opens so far)
+    bp_callables(digest PRIMARY KEY, data)      each pickled callable once, by digest
+    bp_jobs(job_id PRIMARY KEY, state, fn_digest, call, digest, key, priority,
+            timeout, retry, attempts, crashes, session, created, started,
+            finished, result, result_kept, error_type, error_message,
+            error_traceback, exception)         indexes (state, finished), (fn_digest)
+
+``call`` is the pickled ``(args, kwargs)``; ``digest`` a hash of the pickled
+callable and call (equal calls, equal digests); ``session`` the number of the
+writer's open that owns the row; ``crashes`` the owner deaths in a row with
+the job running. The file is created with ``auto_vacuum=INCREMENTAL`` and
+in WAL mode, so readers never block the writer.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import (
+    JournalCorruptError,
+    JournalError,
+    JournalFullError,
+    JournalReadOnlyError,
+    NotAJournalError,
+    PoisonJobError,
+    ResultNotKeptError,
+)
+from .serialization import dumps, loads
+
+__all__ = [
+    "JOB_COLUMNS",
+    "CALL",
+    "CANCELLED",
+    "DONE",
+    "FAILED",
+    "INSERT",
+    "RETRYING",
+    "RUNNING",
+    "MAGIC",
+    "POISON_CRASHES",
+    "SCHEMA_VERSION",
+    "STATES",
+    "RecoveredJob",
+    "StoredJob",
+    "claim_unfinished",
+    "connect",
+    "error_fields",
+    "sqlite_error",
+    "write_run",
+]
+
+MAGIC = "batchpool-journal"
+SCHEMA_VERSION = 1
+STATES = ("queued", "running", "done", "failed", "cancelled")
+_SCHEMA = """
+CREATE TABLE bp_journal_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE bp_callables (digest BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE bp_jobs (
+    job_id TEXT PRIMARY KEY, state TEXT NOT NULL, fn_digest BLOB NOT NULL, call BLOB NOT NULL,
+    digest BLOB NOT NULL, key TEXT, priority INTEGER NOT NULL, timeout REAL, retry BLOB,
+    attempts INTEGER NOT NULL, crashes INTEGER NOT NULL DEFAULT 0, session INTEGER NOT NULL,
+    created REAL NOT NULL, started REAL, finished REAL, result BLOB,
+    result_kept INTEGER NOT NULL DEFAULT 0, error_type TEXT, error_message TEXT,
+    error_traceback TEXT, exception BLOB);
+CREATE INDEX bp_jobs_by_state ON bp_jobs (state, finished);
+CREATE INDEX bp_jobs_by_fn ON bp_jobs (fn_digest);
+"""
+JOB_COLUMNS = (
+    "job_id, state, digest, attempts, crashes, key, priority, created, started, finished, "
+    "error_type, error_message, error_traceback, result_kept, result, exception"
+)
+#: A job running at this many crashes of its owner in a row is poison.
+POISON_CRASHES = 3
+# Kinds of record, in the order a job's life goes (the writer keeps them in one
+# list, so a job's records reach the file in the order they were made).
+INSERT, RUNNING, DONE, FAILED, RETRYING, CANCELLED, CALL = range(7)
+
+# SQLite primary result codes (the low byte of an extended code).
+_CODES: dict[int, type[JournalError]] = {
+    26: NotAJournalError,  # SQLITE_NOTADB
+    11: JournalCorruptError,  # SQLITE_CORRUPT
+    13: JournalFullError,  # SQLITE_FULL
+    8: JournalReadOnlyError,  # SQLITE_READONLY
+    3: JournalReadOnlyError,  # SQLITE_PERM
+}
+_WORDS = {
+    "not a database": NotAJournalError,
+    "malformed": JournalCorruptError,
+    "full": JournalFullError,
+    "readonly": JournalReadOnlyError,
+}
+
+
+def sqlite_error(path: str, exc: BaseException) -> JournalError:
+    """Translate a sqlite3 or OS error into the matching ``JournalError``.
+
+    Example:
+        >>> type(sqlite_error("jobs.db", sqlite3.DatabaseError("file is not a database"))).__name__
+        'NotAJournalError'
+    """
+    if isinstance(exc, JournalError):
+        return exc
+    kind: type[JournalError] = JournalError
+    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == 30:  # EROFS
+        kind = JournalReadOnlyError
+    code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
+    if isinstance(code, int) and code & 0xFF in _CODES:
+        kind = _CODES[code & 0xFF]
+    elif kind is JournalError:
+        text = str(exc).lower()
+        kind = next((k for word, k in _WORDS.items() if word in text), JournalError)
+    return kind(path, str(exc))
+
+
+def connect(path: str, *, create: bool) -> sqlite3.Connection:
+    """Open ``path`` and check it is a batchpool journal (creating one if ``create``).
+
+    In autocommit mode: callers write ``BEGIN``/``COMMIT`` themselves.
+
+    Raises:
+        NotAJournalError: not SQLite, or no batchpool meta table/magic, or a newer schema.
+        JournalError: the others (see ``sqlite_error``).
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     conn = connect(os.path.join(d, "jobs.db"), create=True)
+        ...     conn.execute("SELECT count(*) FROM bp_jobs").fetchone()[0]
+        ...     conn.close()
+        0
+    """
+    exists = os.path.exists(path) and os.path.getsize(path) > 0
+    if not exists and not create:
+        raise NotAJournalError(path, "no such file")
+    try:
+        conn = sqlite3.connect(
+            f"file:{path}?mode={'rwc' if create else 'rw'}", uri=True, isolation_level=None, check_same_thread=False
+        )
+    except (sqlite3.Error, OSError) as exc:
+        raise sqlite_error(path, exc) from exc
+    try:
+        conn.execute("PRAGMA busy_timeout = 10000")
+        if not exists:
+            # auto_vacuum must be chosen before the first table exists.
+            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
+            conn.executemany(
+                "INSERT INTO bp_journal_meta VALUES (?, ?)",
+                [("magic", MAGIC), ("version", str(SCHEMA_VERSION)), ("sessions", "0")],
+            )
+        meta = dict(conn.execute("SELECT name, value FROM bp_journal_meta WHERE name IN ('magic', 'version')"))
+    except (sqlite3.Error, OSError) as exc:
+        conn.close()
+        error = sqlite_error(path, exc)
+        if "no such table" in str(exc):
+            error = NotAJournalError(path, "a SQLite database, but not a batchpool journal")
+        raise error from exc
+    if meta.get("magic") != MAGIC:
+        conn.close()
+        raise NotAJournalError(path, "a SQLite database, but not a batchpool journal")
+    if meta.get("version") != str(SCHEMA_VERSION):
+        conn.close()
+        found = meta.get("version")
+        raise NotAJournalError(path, f"journal schema version {found}; this batchpool reads {SCHEMA_VERSION}")
+    return conn
+
+
+@dataclass(frozen=True)
+class StoredJob:
+    """One job as the journal has it (from ``JournalWriter.lookup`` or ``Journal.get``).
+
+    Attributes:
+        job_id: the job's id.
+        state: "queued", "running", "done", "failed" or "cancelled".
+        digest: hash of the pickled callable and arguments (equal calls, equal digests).
+        attempts: attempts charged so far.
+        crashes: owner deaths in a row with the job running.
+        key, priority: the job's options.
+        created, started, finished: wall-clock times (``time.time()``), None if not yet.
+        error_type, error_message, error_traceback: a failed job's exception
+            (qualified type name, ``str()``, the remote traceback text).
+        result_kept: the result (or exception) is stored; see ``result()``.
+
+    Example:
+        >>> job = StoredJob("a", "done", b"", 1, 0, None, 1, 0.0, 0.0, 1.0, None, None, None, True, dumps(42))
+        >>> job.result()
+        42
+    """
+
+    job_id: str
+    state: str
+    digest: bytes
+    attempts: int
+    crashes: int
+    key: str | None
+    priority: int
+    created: float
+    started: float | None
+    finished: float | None
+    error_type: str | None
+    error_message: str | None
+    error_traceback: str | None
+    result_kept: bool
+    _result: bytes | None = None
+    _exception: bytes | None = None
+
+    def result(self) -> Any:
+        """The job's return value, unpickled here (so a reader not needing it never imports its types).
+
+        Raises:
+            ResultNotKeptError: the job is not done, or its result was not kept.
+        """
+        if self.state != "done" or not self.result_kept or self._result is None:
+            raise ResultNotKeptError(self.job_id)
+        return loads(self._result)
+
+    def exception(self) -> BaseException | None:
+        """A failed job's exception if it was kept and unpickles, else None."""
+        if self._exception is None:
+            return None
+        try:
+            exc: BaseException = loads(self._exception)
+        except Exception:  # noqa: BLE001 - its type may not be importable here
+            return None
+        return exc
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> StoredJob:
+        """Build from a row of ``SELECT <JOB_COLUMNS>``."""
+        r = row
+        return cls(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10], r[11], r[12], bool(r[13]),
+                   r[14], r[15])  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RecoveredJob:
+    """A job a previous owner of the journal left unfinished (see ``JournalWriter.unfinished``).
+
+    Attributes:
+        job_id: its id. The job stays in the journal, now owned by this writer:
+            report its transitions, do not ``accept`` it again.
+        state: what the journal said: "queued", "running" (the owner died
+            while it ran) or "failed" (a redrive).
+        fn, args, kwargs: the unpickled call (None if ``error`` is set).
+        key, priority, timeout, retry: the job's options (retry unpickled).
+        attempts: attempts charged, the crash included.
+        poison: it was running at ``POISON_CRASHES`` crashes in a row or has no
+            attempts left; it is failed in the journal; ``error`` says why.
+        error: why the job cannot run: an unpickling error, or a ``PoisonJobError``.
+
+    Example:
+        >>> RecoveredJob("a", "queued", abs, (-1,), None, None, 1, None, None, 0).fn(*(-1,))
+        1
+    """
+
+    job_id: str
+    state: str
+    fn: Callable[..., Any] | None
+    args: tuple[Any, ...] | None
+    kwargs: dict[str, Any] | None
+    key: str | None
+    priority: int
+    timeout: float | None
+    retry: Any
+    attempts: int
+    poison: bool = False
+    error: BaseException | None = None
+
+
+
+_UPSERT_JOB = (
+    "INSERT INTO bp_jobs (job_id, state, fn_digest, call, digest, key, priority, timeout, retry, attempts, "
+    "session, created) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+    # The same id again (a redrive, or a resubmit the executor allowed) starts afresh.
+    "ON CONFLICT (job_id) DO UPDATE SET state = 'queued', fn_digest = excluded.fn_digest, call = excluded.call, "
+    "digest = excluded.digest, key = excluded.key, priority = excluded.priority, timeout = excluded.timeout, "
+    "retry = excluded.retry, attempts = excluded.attempts, crashes = 0, session = excluded.session, "
+    "created = excluded.created, started = NULL, finished = NULL, result = NULL, result_kept = 0, "
+    "error_type = NULL, error_message = NULL, error_traceback = NULL, exception = NULL"
+)
+_UPDATES = {
+    RUNNING: "UPDATE bp_jobs SET state = 'running', started = ? WHERE job_id = ?",
+    DONE: "UPDATE bp_jobs SET state = 'done', result = ?, result_kept = ?, finished = ?, crashes = 0 WHERE job_id = ?",
+    FAILED: "UPDATE bp_jobs SET state = 'failed', error_type = ?, error_message = ?, error_traceback = ?, "
+    "exception = ?, attempts = ?, finished = ?, crashes = 0 WHERE job_id = ?",
+    RETRYING: "UPDATE bp_jobs SET state = 'queued', attempts = ?, crashes = 0, started = NULL WHERE job_id = ?",
+    CANCELLED: "UPDATE bp_jobs SET state = 'cancelled', finished = ? WHERE job_id = ?",
+}
+
+
+def write_run(conn: sqlite3.Connection, kind: int, rows: list[Any], *, keep: bool) -> None:
+    """Write a run of records of one kind, inside the caller's transaction.
+
+    Rows are as ``journal.JournalWriter`` queues them: for INSERT (job_id,
+    fn_digest, call, digest, key, priority, timeout, retry, attempts, session,
+    created, fn_bytes); DONE (job_id, value, finished); FAILED (job_id, exc,
+    attempts, finished); RUNNING/CANCELLED (time, job_id); RETRYING (attempts,
+    job_id); CALL a callable taking the connection. ``keep``: keep results.
+    """
+    if kind == INSERT:
+        # The callables go in with their jobs, in the same transaction, not
+        # once per writer: a concurrent prune may have removed an unused one.
+        callables = {row[1]: row[11] for row in rows}
+        conn.executemany("INSERT OR IGNORE INTO bp_callables VALUES (?, ?)", callables.items())
+        conn.executemany(_UPSERT_JOB, [row[:11] for row in rows])
+    elif kind == DONE:
+        conn.executemany(_UPDATES[DONE], [_done_row(*row, keep=keep) for row in rows])
+    elif kind == FAILED:
+        conn.executemany(_UPDATES[FAILED], [_failed_row(*row, keep=keep) for row in rows])
+    elif kind == CALL:
+        for fn in rows:
+            fn(conn)
+    else:
+        conn.executemany(_UPDATES[kind], rows)
+
+
+def _done_row(job_id: str, value: object, now: float, *, keep: bool) -> tuple[Any, ...]:
+    data = None
+    if keep:
+        try:
+            data = dumps(value)
+        except Exception:  # noqa: BLE001 - recorded as "done, result not kept"
+            data = None
+    return (data, data is not None, now, job_id)
+
+
+def error_fields(exc: BaseException) -> tuple[str, str, str | None]:
+    """(qualified type name, message, traceback text) of an exception, for the journal.
+
+    The traceback is the worker's (the ``tb`` text of a ``RemoteTraceback``
+    cause) when there is one, else the exception's own, else None.
+
+    Example:
+        >>> error_fields(KeyError("k"))
+        ('KeyError', "'k'", None)
+    """
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    try:
+        message = str(exc)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not lose the record
+        message = f"<{name}: str() failed>"
+    remote = getattr(exc.__cause__, "tb", None)
+    if isinstance(remote, str):
+        return name, message, remote
+    if exc.__traceback__ is not None:
+        return name, message, "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    return name, message, None
+
+
+def _failed_row(job_id: str, exc: BaseException, attempts: int, now: float, *, keep: bool) -> tuple[Any, ...]:
+    data = None
+    if keep:
+        try:
+            data = dumps(exc)
+        except Exception:  # noqa: BLE001 - type, message and traceback are kept anyway
+            data = None
+    return (*error_fields(exc), data, attempts, now, job_id)
+
+
+def claim_unfinished(
+    conn: sqlite3.Connection, session: int, *, include_failed: bool, now: float, path: str
+) -> list[RecoveredJob]:
+    """Claim for ``session`` the jobs other sessions left unfinished (see ``JournalWriter.unfinished``).
+
+    Runs its own transaction on ``conn``, which must not be in one.
+    """
+    states = ("queued", "running", "failed") if include_failed else ("queued", "running")
+    # IMMEDIATE: take the write lock before reading, so no other connection
+    # changes these rows between the read and the updates.
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        rows = conn.execute(
+            "SELECT job_id, state, key, priority, timeout, retry, attempts, crashes FROM bp_jobs "
+            f"WHERE session != ? AND state IN ({', '.join('?' * len(states))}) ORDER BY priority, created",
+            (session, *states),
+        ).fetchall()
+        claimed: list[tuple[Any, ...]] = []
+        poisoned: list[tuple[Any, ...]] = []
+        found: list[tuple[Any, ...]] = []
+        for job_id, state, key, priority, timeout, retry_data, attempts, crashes in rows:
+            retry, error = None, None
+            try:
+                retry = None if retry_data is None else loads(retry_data)
+            except Exception as exc:  # noqa: BLE001 - returned on the job
+                error = exc
+            poison = False
+            if state == "running":  # its owner died while it ran: charge the crash
+                attempts, crashes = attempts + 1, crashes + 1
+                max_attempts = getattr(retry, "max_attempts", None)
+                if crashes >= POISON_CRASHES or (isinstance(max_attempts, int) and attempts >= max_attempts):
+                    poison, error = True, PoisonJobError(job_id, crashes, attempts)
+                    name = "batchpool.errors.PoisonJobError"
+                    poisoned.append((name, str(error), attempts, crashes, now, session, job_id))
+            elif state == "failed":  # a redrive starts with a fresh count
+                attempts, crashes = 0, 0
+            if not poison:
+                claimed.append((attempts, crashes, session, job_id))
+            found.append((job_id, state, key, priority, timeout, retry, attempts, poison, error))
+        conn.executemany(
+            "UPDATE bp_jobs SET state = 'queued', attempts = ?, crashes = ?, session = ?, started = NULL, "
+            "finished = NULL, error_type = NULL, error_message = NULL, error_traceback = NULL, exception = NULL "
+            "WHERE job_id = ?",
+            claimed,
+        )
+        conn.executemany(
+            "UPDATE bp_jobs SET state = 'failed', error_type = ?, error_message = ?, attempts = ?, crashes = ?, "
+            "finished = ?, session = ? WHERE job_id = ?",
+            poisoned,
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    # Unpickled after the transaction: importing the callables' modules may take a while.
+    return [_recovered(conn, path, *job) for job in found]
+
+
+def _recovered(conn: sqlite3.Connection, path: str, job_id: str, state: str, key: str | None, priority: int,
+               timeout: float | None, retry: Any, attempts: int, poison: bool,
+               error: BaseException | None) -> RecoveredJob:  # fmt: skip
+    fn: Callable[..., Any] | None = None
+    args: tuple[Any, ...] | None = None
+    kwargs: dict[str, Any] | None = None
+    if error is None:
+        row = conn.execute(
+            "SELECT c.data, j.call FROM bp_jobs AS j LEFT JOIN bp_callables AS c ON c.digest = j.fn_digest "
+            "WHERE j.job_id = ?",
+            (job_id,),
+        ).fetchone()
+        try:
+            if row is None or row[0] is None:
+                raise JournalCorruptError(path, f"the callable of job {job_id!r} is missing")
+            fn = loads(row[0])
+            args, kwargs = loads(row[1])
+        except Exception as exc:  # noqa: BLE001 - returned on the job
+            fn = args = kwargs = None
+            error = exc
+    return RecoveredJob(job_id, state, fn, args, kwargs, key, priority, timeout, retry, attempts, poison, error)
