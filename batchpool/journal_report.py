@@ -3,7 +3,7 @@
 One responsibility: everything a person (or a script, or the CLI) does with
 a journal file besides owning it. Any process may open a ``Journal`` while a
 pool writes to the file: WAL mode lets readers see the last commit without
-blocking the writer. Imports from batchpool only ``journal_store``. Output is
+blocking the writer. Imports from batchpool only ``errors`` and ``journal_store``. Output is
 plain text: only the dashboard imports rich.
 """
 
@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .errors import JournalCorruptError
 from .journal_store import JOB_COLUMNS, STATES, StoredJob, connect, sqlite_error
 
 __all__ = ["Journal", "report_text"]
@@ -93,6 +94,16 @@ class Journal:
             if len(rows) < _PAGE:
                 return
             after = (rows[-1][9], rows[-1][0])
+
+    def check(self) -> None:
+        """Read every page (``PRAGMA quick_check``); a damaged file raises ``JournalCorruptError``.
+
+        Opening reads only what it needs, so damage elsewhere shows up only
+        when a query reaches it; this finds it at once.
+        """
+        problems = self._query("PRAGMA quick_check")
+        if [tuple(row) for row in problems] != [("ok",)]:
+            raise JournalCorruptError(self.path, f"PRAGMA quick_check: {problems[0][0]}")
 
     def prune(self, older_than: float) -> int:
         """Delete the finished jobs (done, failed, cancelled) that finished ``older_than`` seconds ago or more.
