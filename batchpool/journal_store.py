@@ -281,7 +281,6 @@ class RecoveredJob:
     error: BaseException | None = None
 
 
-
 _UPSERT_JOB = (
     "INSERT INTO bp_jobs (job_id, state, fn_digest, call, digest, key, priority, timeout, retry, attempts, "
     "session, created) VALUES (?, 'queued', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
