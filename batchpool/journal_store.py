@@ -122,6 +122,8 @@ def sqlite_error(path: str, exc: BaseException) -> JournalError:
     elif kind is JournalError:
         text = str(exc).lower()
         kind = next((k for word, k in _WORDS.items() if word in text), JournalError)
+    if getattr(exc, "sqlite_errorname", None) == "SQLITE_READONLY_DIRECTORY":
+        return kind(path, "its directory is not writable (SQLite creates PATH-wal and PATH-shm beside the file)")
     return kind(path, str(exc))
 
 
