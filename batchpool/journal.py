@@ -48,8 +48,9 @@ from .journal_store import (
     StoredJob,
     claim_unfinished,
     connect,
+    record_job_id,
     sqlite_error,
-    write_run,
+    write_batch,
 )
 from .serialization import dumps, dumps_callable
 
@@ -341,12 +342,10 @@ class JournalWriter:
                     if error is not None and self._error is None:
                         self._error = (upto - len(records) + 1, error)
                     for kind, payload in records:
-                        if kind == CALL:
-                            continue
-                        job_id = payload[0] if kind in (INSERT, DONE, FAILED) else payload[-1]
-                        entry = self._pending.get(job_id)
+                        job_id = record_job_id(kind, payload)
+                        entry = self._pending.get(job_id) if job_id is not None else None
                         if entry is not None and entry[0] <= upto:
-                            del self._pending[job_id]
+                            del self._pending[job_id]  # type: ignore[arg-type]
                     self._committed_cond.notify_all()
         finally:
             with self._lock:
@@ -361,14 +360,7 @@ class JournalWriter:
         conn = self._conn
         try:
             conn.execute("BEGIN")
-            start = 0
-            while start < len(records):  # runs of one kind go to executemany, in order
-                kind = records[start][0]
-                end = start
-                while end < len(records) and records[end][0] == kind:
-                    end += 1
-                write_run(conn, kind, [payload for _, payload in records[start:end]], keep=self._results)
-                start = end
+            write_batch(conn, records, keep=self._results)
             conn.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch
             if conn.in_transaction:

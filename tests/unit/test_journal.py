@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batchpool import (
     Journal,
@@ -206,6 +209,86 @@ def test_lookup_sees_records_not_yet_committed(path: str, writers: Callable[...,
     stored = writer.lookup("a")  # waits for the commit of its last record
     done.join(WAIT)
     assert stored is not None and stored.state == "done" and stored.result() == 5
+
+
+def test_records_of_a_job_inserted_in_the_same_commit_fold_into_its_row(
+    path: str, writers: Callable[..., JournalWriter]
+) -> None:
+    clock = FakeClock()
+    writer = writers(path, clock=clock)
+    accept(writer, "redrive", 0)
+    writer.flush(timeout=WAIT)
+    writer.gate.clear()  # type: ignore[attr-defined]
+    writer.at_gate.clear()  # type: ignore[attr-defined]
+    accept(writer, "first")
+    assert writer.at_gate.wait(WAIT)  # type: ignore[attr-defined]  # "first" is being written; the rest is one batch
+    writer.done("redrive", "old")  # an update of an older job, then the same id accepted again
+    accept(writer, "redrive", 1)
+    for job_id in ("done", "failed", "retried", "cancelled"):
+        accept(writer, job_id)
+    clock.now += 1
+    writer.running(["done", "failed", "retried"])
+    clock.now += 1
+    writer.done("done", 7)
+    writer.failed("failed", ValueError("v"), 2)
+    writer.retrying("retried", 1)
+    writer.cancelled("cancelled")
+    writer.gate.set()  # type: ignore[attr-defined]
+    writer.flush(timeout=WAIT)
+    states = {job_id: writer.lookup(job_id) for job_id in ("redrive", "done", "failed", "retried", "cancelled")}
+    redrive, done, failed, retried, cancelled = states.values()
+    assert redrive is not None and (redrive.state, redrive.finished) == ("queued", None)
+    assert done is not None and (done.state, done.result(), done.started, done.finished) == (
+        "done",
+        7,
+        clock.now - 1,
+        clock.now,
+    )
+    assert failed is not None and (failed.state, failed.attempts, failed.error_type) == ("failed", 2, "ValueError")
+    assert retried is not None and (retried.state, retried.attempts, retried.started) == ("queued", 1, None)
+    assert cancelled is not None and (cancelled.state, cancelled.finished) == ("cancelled", clock.now)
+
+
+KINDS = st.sampled_from(["accept", "running", "done", "failed", "retrying", "cancelled", "flush"])
+OPS = st.lists(st.tuples(KINDS, st.integers(0, 4)), max_size=40)
+
+
+@settings(max_examples=40, deadline=None)
+@given(ops=OPS)
+def test_the_journal_ends_where_a_model_of_the_transitions_ends(ops: list[tuple[str, int]]) -> None:
+    """Whatever the commit boundaries ("flush" forces one), the file agrees with a plain model."""
+    model: dict[str, tuple[str, int]] = {}
+    with tempfile.TemporaryDirectory() as directory, JournalWriter.open(os.path.join(directory, "j.db")) as writer:
+        for op, n in ops:
+            job_id = f"job-{n}"
+            if op == "flush":
+                writer.flush(timeout=WAIT)
+            elif op == "accept":
+                accept(writer, job_id, n)
+                model[job_id] = ("queued", 0)
+            elif job_id not in model:
+                continue  # the executor reports transitions of accepted jobs only
+            elif op == "running":
+                writer.running([job_id])
+                model[job_id] = ("running", model[job_id][1])
+            elif op == "done":
+                writer.done(job_id, n)
+                model[job_id] = ("done", model[job_id][1])
+            elif op == "failed":
+                writer.failed(job_id, ValueError(n), n)
+                model[job_id] = ("failed", n)
+            elif op == "retrying":
+                writer.retrying(job_id, n)
+                model[job_id] = ("queued", n)
+            else:
+                writer.cancelled(job_id)
+                model[job_id] = ("cancelled", model[job_id][1])
+        writer.flush(timeout=WAIT)
+        with Journal(writer.path) as journal:
+            for job_id, (state, attempts) in model.items():
+                stored = journal.get(job_id)
+                assert stored is not None and (stored.state, stored.attempts) == (state, attempts), job_id
+            assert sum(journal.counts().values()) == len(model)
 
 
 # -- group commit, flush, lag, backpressure --------------------------------------------
