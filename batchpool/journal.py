@@ -246,7 +246,7 @@ class JournalWriter:
         row = (job_id, fn_digest, call, digest, key, int(priority), timeout, retry_bytes, attempts, self._session,
                self._clock(), fn_bytes)  # fmt: skip
         with self._lock:
-            while len(self._records) >= MAX_QUEUED and not self._closed:
+            while len(self._records) >= MAX_QUEUED and not (self._closed or self._dead):
                 self._room.wait()
             self._append(INSERT, row, job_id)
             self._pending[job_id] = (self._seq, row)
@@ -283,6 +283,8 @@ class JournalWriter:
         # Called with self._lock held.
         if self._closed:
             raise JournalError(self.path, "the journal is closed")
+        if self._dead:
+            raise JournalError(self.path, "the journal's writer thread has stopped; see the log")
         self._seq += 1
         if not self._records:
             self._queued_since = time.monotonic()

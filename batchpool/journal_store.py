@@ -22,9 +22,11 @@ in WAL mode, so readers never block the writer.
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import traceback
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +64,8 @@ __all__ = [
     "record_job_id",
     "write_batch",
 ]
+
+log = logging.getLogger("batchpool")
 
 MAGIC = "batchpool-journal"
 SCHEMA_VERSION = 1
@@ -148,9 +152,9 @@ def connect(path: str, *, create: bool) -> sqlite3.Connection:
     if not exists and not create:
         raise NotAJournalError(path, "no such file")
     try:
-        conn = sqlite3.connect(
-            f"file:{path}?mode={'rwc' if create else 'rw'}", uri=True, isolation_level=None, check_same_thread=False
-        )
+        # A URI, so that a reader never creates a missing file; quoted, for names with "?" or "#".
+        uri = f"file:{urllib.parse.quote(os.path.abspath(path))}?mode={'rwc' if create else 'rw'}"
+        conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     except (sqlite3.Error, OSError) as exc:
         raise sqlite_error(path, exc) from exc
     try:
@@ -158,12 +162,19 @@ def connect(path: str, *, create: bool) -> sqlite3.Connection:
         if not exists:
             # auto_vacuum must be chosen before the first table exists.
             conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.executescript("BEGIN;" + _SCHEMA + "COMMIT;")
+            (mode,) = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+            if mode != "wal":  # some network filesystems: it works, but readers block the writer
+                log.warning("journal %s: WAL mode is not available here (journal_mode=%s)", path, mode)
+            # One transaction: a crash while creating leaves no file without its magic.
+            conn.execute("BEGIN")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
             conn.executemany(
                 "INSERT INTO bp_journal_meta VALUES (?, ?)",
                 [("magic", MAGIC), ("version", str(SCHEMA_VERSION)), ("sessions", "0")],
             )
+            conn.execute("COMMIT")
         meta = dict(conn.execute("SELECT name, value FROM bp_journal_meta WHERE name IN ('magic', 'version')"))
     except (sqlite3.Error, OSError) as exc:
         conn.close()

@@ -603,6 +603,18 @@ def test_extra_tables_of_other_features_are_tolerated(path: str, writers: Callab
     assert [job.job_id for job in writer.unfinished()] == ["a"]
 
 
+def test_odd_file_names_and_a_missing_directory(tmp_path: Path, writers: Callable[..., JournalWriter]) -> None:
+    odd = str(tmp_path / "my jobs?v=1#x%20.db")
+    writer = writers(odd)
+    accept(writer, "a")
+    writer.flush(timeout=WAIT)
+    with Journal(odd) as journal:
+        assert journal.get("a") is not None
+    assert sorted(os.listdir(tmp_path))[0].startswith("my jobs?v=1#x%20.db")
+    with pytest.raises(JournalError, match="No such file"):
+        JournalWriter.open(str(tmp_path / "missing" / "jobs.db"))
+
+
 def test_a_newer_schema_is_refused(path: str, writers: Callable[..., JournalWriter]) -> None:
     writers(path).close()
     conn = sqlite3.connect(path)
