@@ -135,7 +135,7 @@ class JournalWriter:
         self._clock: Callable[[], float] = clock
         self._session = self._new_session()
         self._fn_cache: dict[Any, tuple[bytes, bytes]] = {}
-        self._retry_cache: dict[Any, bytes] = {}
+        self._retry_cache: dict[Any, tuple[bytes, bytes]] = {}
         # One lock for the record list and the counters; three conditions on
         # it: the writer waits for work, accept for room, flush for commits.
         self._lock = threading.Lock()
@@ -241,10 +241,10 @@ class JournalWriter:
             raise TypeError(f"job_id must be a str, got {job_id!r}")
         fn_bytes, fn_digest = self._pickle_callable(fn)
         call = dumps((args, kwargs or None))
-        retry_bytes = None if retry is None else self._pickle_retry(retry)
+        retry_bytes, retry_digest = (None, None) if retry is None else self._pickle_retry(retry)
         digest = hashlib.blake2b(fn_digest + call, digest_size=16).digest()
-        row = (job_id, fn_digest, call, digest, key, int(priority), timeout, retry_bytes, attempts, self._session,
-               self._clock(), fn_bytes)  # fmt: skip
+        row = (job_id, fn_digest, call, digest, key, int(priority), timeout, retry_digest, attempts, self._session,
+               self._clock(), fn_bytes, retry_bytes)  # fmt: skip
         with self._lock:
             while len(self._records) >= MAX_QUEUED and not (self._closed or self._dead):
                 self._room.wait()
@@ -309,13 +309,17 @@ class JournalWriter:
             self._fn_cache[fn] = entry
         return entry
 
-    def _pickle_retry(self, retry: object) -> bytes:
+    def _pickle_retry(self, retry: object) -> tuple[bytes, bytes]:
+        # Stored once per file, by digest, like callables: a RetryPolicy
+        # pickles to about 4 KB (its random source comes along).
         try:
             hit = self._retry_cache.get(retry)  # RetryPolicy is frozen: safe to cache
         except TypeError:  # unhashable
-            return dumps(retry)
+            data = dumps(retry)
+            return data, hashlib.blake2b(data, digest_size=16).digest()
         if hit is None:
-            hit = dumps(retry)
+            data = dumps(retry)
+            hit = (data, hashlib.blake2b(data, digest_size=16).digest())
             if len(self._retry_cache) >= _CACHE_SIZE:
                 self._retry_cache.clear()
             self._retry_cache[retry] = hit

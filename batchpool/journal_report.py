@@ -130,8 +130,11 @@ class Journal:
                         "DELETE FROM bp_jobs WHERE state IN ('done', 'failed', 'cancelled') AND finished <= ?",
                         (cutoff,),
                     ).rowcount
-                    # One pass over the jobs (no index on fn_digest: it would cost every insert).
-                    conn.execute("DELETE FROM bp_callables WHERE digest NOT IN (SELECT fn_digest FROM bp_jobs)")
+                    # One pass over the jobs (no index on the digests: it would cost every insert).
+                    conn.execute(
+                        "DELETE FROM bp_blobs WHERE digest NOT IN (SELECT fn_digest FROM bp_jobs UNION "
+                        "SELECT retry_digest FROM bp_jobs WHERE retry_digest IS NOT NULL)"
+                    )
                     conn.execute("COMMIT")
                 except BaseException:
                     conn.execute("ROLLBACK")

@@ -7,9 +7,9 @@ thread, ``journal_report.Journal`` from any. Imports from batchpool only
 may add tables of their own to the same file, prefixed differently)::
 
     bp_journal_meta(name PRIMARY KEY, value)   magic, version, sessions (opens so far)
-    bp_callables(digest PRIMARY KEY, data)      each pickled callable once, by digest
+    bp_blobs(digest PRIMARY KEY, data)          each pickled callable and retry policy once
     bp_jobs(job_id PRIMARY KEY, state, fn_digest, call, digest, key, priority,
-            timeout, retry, attempts, crashes, session, created, started,
+            timeout, retry_digest, attempts, crashes, session, created, started,
             finished, result, result_kept, error_type, error_message,
             error_traceback, exception)         index (state, finished)
 
@@ -72,10 +72,10 @@ SCHEMA_VERSION = 1
 STATES = ("queued", "running", "done", "failed", "cancelled")
 _SCHEMA = """
 CREATE TABLE bp_journal_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE bp_callables (digest BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE bp_blobs (digest BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
 CREATE TABLE bp_jobs (
     job_id TEXT PRIMARY KEY, state TEXT NOT NULL, fn_digest BLOB NOT NULL, call BLOB NOT NULL,
-    digest BLOB NOT NULL, key TEXT, priority INTEGER NOT NULL, timeout REAL, retry BLOB,
+    digest BLOB NOT NULL, key TEXT, priority INTEGER NOT NULL, timeout REAL, retry_digest BLOB,
     attempts INTEGER NOT NULL, crashes INTEGER NOT NULL DEFAULT 0, session INTEGER NOT NULL,
     created REAL NOT NULL, started REAL, finished REAL, result BLOB,
     result_kept INTEGER NOT NULL DEFAULT 0, error_type TEXT, error_message TEXT,
@@ -297,7 +297,7 @@ class RecoveredJob:
 # Every column of bp_jobs, in order: a job inserted and finished within one
 # commit is written as one full row.
 _COLUMNS = (
-    "job_id, state, fn_digest, call, digest, key, priority, timeout, retry, attempts, crashes, session, "
+    "job_id, state, fn_digest, call, digest, key, priority, timeout, retry_digest, attempts, crashes, session, "
     "created, started, finished, result, result_kept, error_type, error_message, error_traceback, exception"
 )
 _STATE, _ATTEMPTS, _CRASHES, _STARTED, _FINISHED, _RESULT, _KEPT = 1, 9, 10, 13, 14, 15, 16
@@ -328,8 +328,8 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[int, Any]], *, kee
     """Write queued records inside the caller's transaction; ``keep``: keep results and exceptions.
 
     Records are ``(kind, payload)`` as ``journal.JournalWriter`` queues them:
-    INSERT (job_id, fn_digest, call, digest, key, priority, timeout, retry,
-    attempts, session, created, fn_bytes); DONE (job_id, value, finished);
+    INSERT (job_id, fn_digest, call, digest, key, priority, timeout,
+    retry_digest, attempts, session, created, fn_bytes, retry_bytes); DONE (job_id, value, finished);
     FAILED (job_id, exc, attempts, finished); RUNNING/CANCELLED (time,
     job_id); RETRYING (attempts, job_id); CALL a callable taking the
     connection (tests), run before anything is written.
@@ -345,17 +345,19 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[int, Any]], *, kee
         >>> import tempfile
         >>> with tempfile.TemporaryDirectory() as d:
         ...     conn = connect(os.path.join(d, "jobs.db"), create=True)
-        ...     row = ("a", b"f", dumps(((1,), None)), b"d", None, 1, None, None, 0, 1, 0.0, dumps(abs))
+        ...     row = ("a", b"f", dumps(((1,), None)), b"d", None, 1, None, None, 0, 1, 0.0, dumps(abs), None)
         ...     write_batch(conn, [(INSERT, row), (RUNNING, (1.0, "a")), (DONE, ("a", 1, 2.0))], keep=True)
         ...     conn.execute("SELECT state, started, finished FROM bp_jobs").fetchall()
         [('done', 1.0, 2.0)]
     """
     fresh: dict[str, list[Any]] = {}  # jobs inserted by this batch: their full rows
-    callables: dict[bytes, bytes] = {}
+    blobs: dict[bytes, bytes] = {}  # pickled callables and retry policies, by digest
     others: list[tuple[int, Any]] = []
     for kind, payload in records:
         if kind == INSERT:
-            callables[payload[1]] = payload[11]
+            blobs[payload[1]] = payload[11]
+            if payload[7] is not None:
+                blobs[payload[7]] = payload[12]
             job_id, fn_digest, call, digest, key, priority, timeout, retry, attempts, session, created = payload[:11]
             fresh[job_id] = [job_id, "queued", fn_digest, call, digest, key, priority, timeout, retry, attempts, 0,
                              session, created, None, None, None, 0, None, None, None, None]  # fmt: skip
@@ -379,9 +381,9 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[int, Any]], *, kee
         conn.executemany(_UPDATES[kind], rows)
         start = end
     if fresh:
-        # The callables go in with their jobs, in the same transaction, not
-        # once per writer: a concurrent prune may have removed an unused one.
-        conn.executemany("INSERT OR IGNORE INTO bp_callables VALUES (?, ?)", callables.items())
+        # The blobs go in with their jobs, in the same transaction, not once
+        # per writer: a concurrent prune may have removed an unused one.
+        conn.executemany("INSERT OR IGNORE INTO bp_blobs VALUES (?, ?)", blobs.items())
         conn.executemany(_UPSERT_JOB, fresh.values())
 
 
@@ -458,16 +460,19 @@ def claim_unfinished(
     conn.execute("BEGIN IMMEDIATE")
     try:
         rows = conn.execute(
-            "SELECT job_id, state, key, priority, timeout, retry, attempts, crashes FROM bp_jobs "
-            f"WHERE session != ? AND state IN ({', '.join('?' * len(states))}) ORDER BY priority, created",
+            "SELECT j.job_id, j.state, j.key, j.priority, j.timeout, j.retry_digest, r.data, j.attempts, j.crashes "
+            "FROM bp_jobs AS j LEFT JOIN bp_blobs AS r ON r.digest = j.retry_digest "
+            f"WHERE j.session != ? AND j.state IN ({', '.join('?' * len(states))}) ORDER BY j.priority, j.created",
             (session, *states),
         ).fetchall()
         claimed: list[tuple[Any, ...]] = []
         poisoned: list[tuple[Any, ...]] = []
         found: list[tuple[Any, ...]] = []
-        for job_id, state, key, priority, timeout, retry_data, attempts, crashes in rows:
+        for job_id, state, key, priority, timeout, retry_digest, retry_data, attempts, crashes in rows:
             retry, error = None, None
             try:
+                if retry_digest is not None and retry_data is None:
+                    raise JournalCorruptError(path, f"the retry policy of job {job_id!r} is missing")
                 retry = None if retry_data is None else loads(retry_data)
             except Exception as exc:  # noqa: BLE001 - returned on the job
                 error = exc
@@ -511,7 +516,7 @@ def _recovered(conn: sqlite3.Connection, path: str, job_id: str, state: str, key
     kwargs: dict[str, Any] | None = None
     if error is None:
         row = conn.execute(
-            "SELECT c.data, j.call FROM bp_jobs AS j LEFT JOIN bp_callables AS c ON c.digest = j.fn_digest "
+            "SELECT c.data, j.call FROM bp_jobs AS j LEFT JOIN bp_blobs AS c ON c.digest = j.fn_digest "
             "WHERE j.job_id = ?",
             (job_id,),
         ).fetchone()

@@ -194,6 +194,18 @@ def test_digest_compares_the_pickled_call(path: str, writers: Callable[..., Jour
     assert stored is not None and stored.digest == one
 
 
+def test_callables_and_retry_policies_are_stored_once(path: str, writers: Callable[..., JournalWriter]) -> None:
+    writer = writers(path)
+    policy = RetryPolicy(max_attempts=4)  # pickles to about 4 KB: once per file, not per job
+    for i in range(1000):
+        accept(writer, f"job-{i}", i, retry=policy)
+    writer.flush(timeout=WAIT)
+    with Journal(path) as journal:
+        assert journal._query("SELECT count(*) FROM bp_blobs")[0][0] == 2
+        (call_bytes,) = journal._query("SELECT sum(length(call)) + sum(length(retry_digest)) FROM bp_jobs")[0]
+    assert call_bytes < 1000 * 100
+
+
 def test_lookup_sees_records_not_yet_committed(path: str, writers: Callable[..., JournalWriter]) -> None:
     writer = writers(path)
     writer.gate.clear()  # type: ignore[attr-defined]
@@ -537,8 +549,8 @@ def test_prune_deletes_only_finished_jobs_older_than_asked(path: str, writers: C
         assert journal.prune(older_than=50) == 3
         assert journal.counts() == {"queued": 1, "running": 1, "done": 1, "failed": 0, "cancelled": 0}
         assert journal.get("old-done") is None and journal.get("new-done") is not None
-        (lambdas,) = journal._query("SELECT count(*) FROM bp_callables")[0]
-        assert lambdas == 1  # the lambda's pickle went with its last job
+        (blobs,) = journal._query("SELECT count(*) FROM bp_blobs")[0]
+        assert blobs == 1  # the lambda's pickle went with its last job; add_one's stays
         assert journal.prune(older_than=0) == 1
 
 
