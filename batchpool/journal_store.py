@@ -317,7 +317,12 @@ _UPDATES = {
 
 
 def record_job_id(kind: int, payload: Any) -> str | None:
-    """The job a queued record is about (None for a CALL)."""
+    """The job a queued record is about (None for a CALL).
+
+    Example:
+        >>> record_job_id(RUNNING, (1.0, "a")), record_job_id(CALL, print)
+        ('a', None)
+    """
     if kind == CALL:
         return None
     job_id: str = payload[0] if kind in (INSERT, DONE, FAILED) else payload[-1]
@@ -453,6 +458,17 @@ def claim_unfinished(
     """Claim for ``session`` the jobs other sessions left unfinished (see ``JournalWriter.unfinished``).
 
     Runs its own transaction on ``conn``, which must not be in one.
+
+    Example:
+        >>> import tempfile
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     conn = connect(os.path.join(d, "jobs.db"), create=True)
+        ...     row = ("a", b"f", dumps(((-1,), None)), b"d", None, 1, None, None, 0, 1, 0.0, dumps(abs), None)
+        ...     write_batch(conn, [(INSERT, row), (RUNNING, (1.0, "a"))], keep=True)
+        ...     (job,) = claim_unfinished(conn, 2, include_failed=False, now=2.0, path="jobs.db")
+        ...     conn.close()
+        >>> job.state, job.fn(*job.args), job.attempts
+        ('running', 1, 1)
     """
     states = ("queued", "running", "failed") if include_failed else ("queued", "running")
     # IMMEDIATE: take the write lock before reading, so no other connection
