@@ -158,23 +158,32 @@ def test_recovery_after_sigkill_charges_running_jobs_and_stops_poison(path: str)
         done = journal.get("job-700")
         assert done is not None and done.result() == 1400
 
-    # Two more owners die with the same jobs running: crashes 2 and 3 are charged by the next opener.
-    for _ in range(2):
-        with child("spawn", next_owner, path) as (process, recovered):
-            assert recovered == 1500
-            kill(process)
-
+    # This process is the new owner: exactly the queued and running jobs come back.
     with JournalWriter.open(path) as writer:
+        jobs = {job.job_id: job for job in writer.unfinished()}
+        assert set(jobs) == {f"job-{i}" for i in (*RUNNING, *range(1000, JOBS))}
+        for job in jobs.values():
+            i = int(job.job_id.split("-")[1])
+            assert (job.fn, job.args, job.kwargs, job.error, job.poison) == (helpers.mul, (i, 2), None, None, False)
+            assert (job.state, job.attempts) == (("running", 1) if i in RUNNING else ("queued", 0))
+        writer.running([f"job-{i}" for i in RUNNING])  # they run again, and the owner "dies" (crash 2 below)
+        writer.flush(timeout=WAIT)
+
+    with child("spawn", next_owner, path) as (process, recovered):  # charges crash 2, runs them, is killed
+        assert recovered == 1500
+        kill(process)
+
+    with JournalWriter.open(path) as writer:  # crash 3: poison
         jobs = {job.job_id: job for job in writer.unfinished()}
         assert set(jobs) == {f"job-{i}" for i in (*RUNNING, *range(1000, JOBS))}
         for i in RUNNING:
             job = jobs[f"job-{i}"]
             assert job.poison and job.attempts == 3 and isinstance(job.error, PoisonJobError)
-        for i in range(1000, JOBS):
-            job = jobs[f"job-{i}"]
-            assert not job.poison and job.attempts == 0 and job.fn is helpers.mul and job.args == (i, 2)
+        assert not any(jobs[f"job-{i}"].poison for i in range(1000, JOBS))
     with Journal(path) as journal:
         assert journal.counts() == {"queued": 1000, "running": 0, "done": 500, "failed": 500, "cancelled": 0}
+        poison = journal.get("job-0")
+        assert poison is not None and poison.error_type == "batchpool.errors.PoisonJobError"
 
 
 def _open_as_nobody(paths: list[str], report: multiprocessing.connection.Connection) -> None:
