@@ -10,6 +10,8 @@ Example:
     [1, 2]
 """
 
+from typing import TYPE_CHECKING
+
 from .errors import BatchPoolError as BatchPoolError
 from .errors import BatchResultError as BatchResultError
 from .errors import DuplicateJobError as DuplicateJobError
@@ -37,6 +39,9 @@ from .options import Priority as Priority
 from .retry import CircuitBreaker as CircuitBreaker
 from .retry import CircuitOpenError as CircuitOpenError
 from .retry import RetryPolicy as RetryPolicy
+
+if TYPE_CHECKING:  # loaded on first use (see __getattr__); typed like any other name
+    from .journal_report import Journal as Journal
 
 __all__ = [
     "BatchPoolError",

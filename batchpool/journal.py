@@ -389,7 +389,7 @@ class JournalWriter:
             self._rate = (start, count + 1, rate)
         self._commits += 1
 
-    def _run_on_writer(self, fn: Callable[[sqlite3.Connection], None]) -> None:
+    def _run_on_writer(self, fn: Callable[[sqlite3.Connection], object]) -> None:
         """Run ``fn(connection)`` on the writer thread, inside its next transaction (tests)."""
         with self._lock:
             self._append(CALL, fn, None)

@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -86,9 +87,9 @@ def next_owner(path: str, report: multiprocessing.connection.Connection) -> None
 
 
 @contextmanager
-def child(method: str, target: Callable[..., None], path: str) -> Iterator[tuple[multiprocessing.Process, Any]]:
+def child(method: str, target: Callable[..., None], path: str) -> Iterator[tuple[BaseProcess, Any]]:
     """Start ``target(path, pipe)``, wait for its report, and make sure it is dead afterwards."""
-    ctx = multiprocessing.get_context(method)
+    ctx: Any = multiprocessing.get_context(method)
     receive, send = ctx.Pipe(duplex=False)
     process = ctx.Process(target=target, args=(path, send))
     process.start()
@@ -101,7 +102,7 @@ def child(method: str, target: Callable[..., None], path: str) -> Iterator[tuple
         kill(process)
 
 
-def kill(process: multiprocessing.Process) -> None:
+def kill(process: BaseProcess) -> None:
     """SIGKILL ``process`` and reap it.
 
     Waits on a pidfd, not on ``join()``: join waits for the process's sentinel
