@@ -133,7 +133,11 @@ class JournalWriter:
         self._lock_fd = lock_fd
         self._results = results
         self._clock: Callable[[], float] = clock
-        self._session = self._new_session()
+        try:
+            self._session = self._new_session()
+        except BaseException:
+            self._reader.close()
+            raise
         self._fn_cache: dict[Any, tuple[bytes, bytes]] = {}
         self._retry_cache: dict[Any, tuple[bytes, bytes]] = {}
         # One lock for the record list and the counters; three conditions on
@@ -237,13 +241,19 @@ class JournalWriter:
             Exception: whatever pickling the callable or arguments raised, at once.
             JournalError: the writer is closed.
         """
+        # Checked here, not found by SQLite: a record it cannot bind would
+        # fail its whole batch, other jobs' records included.
         if not isinstance(job_id, str):
             raise TypeError(f"job_id must be a str, got {job_id!r}")
+        if key is not None and not isinstance(key, str):
+            raise TypeError(f"key must be a str or None, got {key!r}")
+        if timeout is not None:
+            timeout = float(timeout)
         fn_bytes, fn_digest = self._pickle_callable(fn)
         call = dumps((args, kwargs or None))
         retry_bytes, retry_digest = (None, None) if retry is None else self._pickle_retry(retry)
         digest = hashlib.blake2b(fn_digest + call, digest_size=16).digest()
-        row = (job_id, fn_digest, call, digest, key, int(priority), timeout, retry_digest, attempts, self._session,
+        row = (job_id, fn_digest, call, digest, key, int(priority), timeout, retry_digest, int(attempts), self._session,
                self._clock(), fn_bytes, retry_bytes)  # fmt: skip
         with self._lock:
             while len(self._records) >= MAX_QUEUED and not (self._closed or self._dead):
@@ -266,13 +276,15 @@ class JournalWriter:
 
     def failed(self, job_id: str, exc: BaseException, attempts: int) -> None:
         """Record a final failure: type, message, remote traceback text, the pickled exception if kept."""
+        if not isinstance(exc, BaseException):
+            raise TypeError(f"exc must be an exception, got {exc!r}")
         with self._lock:
-            self._append(FAILED, (job_id, exc, attempts, self._clock()), job_id)
+            self._append(FAILED, (job_id, exc, int(attempts), self._clock()), job_id)
 
     def retrying(self, job_id: str, attempts: int) -> None:
         """Record that a failed attempt will be retried: back to "queued" with ``attempts``."""
         with self._lock:
-            self._append(RETRYING, (attempts, job_id), job_id)
+            self._append(RETRYING, (int(attempts), job_id), job_id)
 
     def cancelled(self, job_id: str) -> None:
         """Record a cancel by the user (``future.cancel()``); shutdown's cut-offs are not recorded."""
@@ -281,6 +293,8 @@ class JournalWriter:
 
     def _append(self, kind: int, payload: Any, job_id: str | None) -> None:
         # Called with self._lock held.
+        if job_id is not None and not isinstance(job_id, str):
+            raise TypeError(f"job_id must be a str, got {job_id!r}")
         if self._closed:
             raise JournalError(self.path, "the journal is closed")
         if self._dead:

@@ -183,6 +183,21 @@ def test_an_unpicklable_argument_raises_at_accept(path: str, writers: Callable[.
     assert writer.lookup("a") is None
 
 
+def test_bad_record_arguments_raise_at_the_call_and_cost_no_other_job(
+    path: str, writers: Callable[..., JournalWriter]
+) -> None:
+    writer = writers(path)
+    accept(writer, "good")
+    with pytest.raises(TypeError, match="key"):
+        accept(writer, "bad", key=("a", "tuple"))
+    with pytest.raises(TypeError, match="job_id"):
+        writer.running([42])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="exc"):
+        writer.failed("good", "not an exception", 1)  # type: ignore[arg-type]
+    writer.flush(timeout=WAIT)
+    assert writer.lookup("good") is not None and writer.lookup("bad") is None
+
+
 def test_digest_compares_the_pickled_call(path: str, writers: Callable[..., JournalWriter]) -> None:
     writer = writers(path)
     one = accept(writer, "a", 1)
