@@ -379,7 +379,10 @@ class JournalWriter:
             self._before_commit()
         conn = self._conn
         try:
-            conn.execute("BEGIN")
+            # IMMEDIATE: take the write lock first (waiting out a reader's
+            # prune through busy_timeout) rather than upgrade a read snapshot
+            # that a commit elsewhere may have made stale.
+            conn.execute("BEGIN IMMEDIATE")
             write_batch(conn, records, keep=self._results)
             conn.execute("COMMIT")
         except Exception as exc:  # noqa: BLE001 - the writer must outlive any one batch

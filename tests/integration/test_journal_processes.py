@@ -86,6 +86,25 @@ def next_owner(path: str, report: multiprocessing.connection.Connection) -> None
     writer.close()
 
 
+def prune_until_told(path: str, report: multiprocessing.connection.Connection) -> None:
+    """Prune everything finished, again and again, until the parent says stop; report the total."""
+    with Journal(path) as journal:
+        report.send("started")
+        pruned = 0
+        while not report.poll(0):
+            pruned += journal.prune(older_than=0)
+        report.recv()
+        report.send(pruned)
+
+
+def exit_without_close(path: str, report: multiprocessing.connection.Connection) -> None:
+    """Accept jobs and return without flush or close: the atexit hook writes them."""
+    writer = JournalWriter.open(path)
+    for i in range(100):
+        writer.accept(f"job-{i}", helpers.mul, (i, 2), None, key=None, priority=1, timeout=None, retry=None)
+    report.send("accepted")
+
+
 @contextmanager
 def child(method: str, target: Callable[..., None], path: str) -> Iterator[tuple[BaseProcess, Any]]:
     """Start ``target(path, pipe)``, wait for its report, and make sure it is dead afterwards."""
@@ -234,3 +253,56 @@ def test_a_read_only_directory_is_a_clear_error_at_open() -> None:
     finally:
         os.chmod(directory, 0o755)
         shutil.rmtree(directory)
+
+
+def test_prune_in_another_process_while_the_owner_writes(path: str) -> None:
+    writer = JournalWriter.open(path)
+    try:
+        ctx = multiprocessing.get_context("spawn")
+        here, there = ctx.Pipe(duplex=True)
+        process = ctx.Process(target=prune_until_told, args=(path, there))
+        process.start()
+        there.close()
+        try:
+            assert here.poll(WAIT) and here.recv() == "started"
+            for round_ in range(20):
+                ids = [f"{round_}-{i}" for i in range(500)]
+                for job_id in ids:
+                    writer.accept(job_id, helpers.mul, (1, 2), None, key=None, priority=1, timeout=None, retry=None)
+                writer.running(ids[:400])
+                for job_id in ids[:300]:
+                    writer.done(job_id, 2)
+                writer.flush(timeout=WAIT)
+            here.send("stop")
+            assert here.poll(WAIT)
+            pruned = here.recv()
+        finally:
+            here.close()
+            kill(process)
+        with Journal(path) as journal:
+            counts = journal.counts()
+            pruned += journal.prune(older_than=0)
+        # Nothing unfinished was touched; every finished job was pruned exactly once.
+        assert (counts["queued"], counts["running"]) == (20 * 100, 20 * 100)
+        assert pruned == 20 * 300
+    finally:
+        writer.close()
+
+
+def test_what_was_accepted_is_written_when_the_owner_exits_without_closing(path: str) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    receive, send = ctx.Pipe(duplex=False)
+    process = ctx.Process(target=exit_without_close, args=(path, send))
+    process.start()
+    send.close()
+    try:
+        assert receive.poll(WAIT) and receive.recv() == "accepted"
+        process.join(WAIT)
+        assert process.exitcode == 0
+    finally:
+        receive.close()
+        kill(process)
+    with Journal(path) as journal:
+        assert journal.counts()["queued"] == 100
+    with JournalWriter.open(path) as writer:  # and the lock went with the process
+        assert len(writer.unfinished()) == 100
