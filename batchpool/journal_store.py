@@ -22,6 +22,7 @@ in WAL mode, so readers never block the writer.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sqlite3
@@ -100,11 +101,11 @@ _CODES: dict[int, type[JournalError]] = {
     8: JournalReadOnlyError,  # SQLITE_READONLY
     3: JournalReadOnlyError,  # SQLITE_PERM
 }
-_WORDS = {
-    "not a database": NotAJournalError,
-    "malformed": JournalCorruptError,
-    "full": JournalFullError,
-    "readonly": JournalReadOnlyError,
+_WORDS = {  # Python 3.10's sqlite3 errors carry no code: their standard messages
+    "file is not a database": NotAJournalError,
+    "disk image is malformed": JournalCorruptError,
+    "database or disk is full": JournalFullError,
+    "readonly database": JournalReadOnlyError,
 }
 
 
@@ -118,8 +119,10 @@ def sqlite_error(path: str, exc: BaseException) -> JournalError:
     if isinstance(exc, JournalError):
         return exc
     kind: type[JournalError] = JournalError
-    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == 30:  # EROFS
+    if isinstance(exc, PermissionError) or getattr(exc, "errno", None) == errno.EROFS:
         kind = JournalReadOnlyError
+    elif getattr(exc, "errno", None) == errno.ENOSPC:
+        kind = JournalFullError
     code = getattr(exc, "sqlite_errorcode", None)  # Python >= 3.11
     if isinstance(code, int) and code & 0xFF in _CODES:
         kind = _CODES[code & 0xFF]

@@ -27,6 +27,7 @@ from batchpool import (
     JournalError,
     JournalFullError,
     JournalLockedError,
+    JournalReadOnlyError,
     NotAJournalError,
     PoisonJobError,
     RemoteTraceback,
@@ -37,6 +38,7 @@ from batchpool import (
 from batchpool import journal as journal_module
 from batchpool.journal import JournalWriter
 from batchpool.journal_report import report_text
+from batchpool.journal_store import sqlite_error
 from tests import helpers
 
 WAIT = 30.0  # generous bound on every wait; a passing test never gets near it
@@ -701,6 +703,31 @@ def test_a_full_disk_surfaces_on_flush_and_loses_nothing_committed(
     accept(writer, "after")
     writer.flush(timeout=WAIT)
     assert writer.lookup("after") is not None
+
+
+def _coded(message: str, code: int) -> sqlite3.Error:
+    exc = sqlite3.OperationalError(message)
+    exc.sqlite_errorcode = code  # type: ignore[attr-defined]
+    return exc
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (_coded("database or disk is full", 13), JournalFullError),
+        (_coded("database disk image is malformed", 11), JournalCorruptError),
+        (_coded("file is not a database", 26), NotAJournalError),
+        (_coded("attempt to write a readonly database", 8 | 6 << 8), JournalReadOnlyError),
+        (sqlite3.OperationalError("database or disk is full"), JournalFullError),  # Python 3.10: no code
+        (PermissionError(13, "Permission denied"), JournalReadOnlyError),
+        (OSError(30, "Read-only file system"), JournalReadOnlyError),
+        (OSError(28, "No space left on device"), JournalFullError),
+        (sqlite3.OperationalError("database is locked"), JournalError),
+    ],
+)
+def test_sqlite_and_os_errors_map_to_the_journal_errors(exc: BaseException, kind: type[JournalError]) -> None:
+    error = sqlite_error("jobs.db", exc)
+    assert type(error) is kind and error.path == "jobs.db" and str(error).startswith("journal jobs.db: ")
 
 
 # -- the report ----------------------------------------------------------------------
