@@ -312,9 +312,13 @@ class JournalWriter:
         # go by reference (or, from __main__, by value as the transport sends
         # them once per worker). Other callables (partials, instances) may
         # change between submits, so each submit pickles its own.
-        cacheable = isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, type))
-        if cacheable and (hit := self._fn_cache.get(fn)) is not None:
+        try:
+            hit = self._fn_cache.get(fn)  # only cacheable kinds are ever stored
+        except TypeError:  # unhashable
+            hit = None
+        if hit is not None:
             return hit
+        cacheable = isinstance(fn, (types.FunctionType, types.BuiltinFunctionType, type))
         data = dumps_callable(fn)
         entry = (data, hashlib.blake2b(data, digest_size=16).digest())
         if cacheable:

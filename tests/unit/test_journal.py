@@ -6,6 +6,7 @@ test needs records to stay uncommitted; nothing waits on timing luck.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -221,6 +222,25 @@ def test_callables_and_retry_policies_are_stored_once(path: str, writers: Callab
         assert journal._query("SELECT count(*) FROM bp_blobs")[0][0] == 2
         (call_bytes,) = journal._query("SELECT sum(length(call)) + sum(length(retry_digest)) FROM bp_jobs")[0]
     assert call_bytes < 1000 * 100
+
+
+def test_a_function_is_pickled_once_a_callable_object_every_time(
+    path: str, writers: Callable[..., JournalWriter], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pickled: list[object] = []
+
+    def counting(fn: Callable[..., Any]) -> bytes:
+        pickled.append(fn)
+        return serialization.dumps_callable(fn)
+
+    monkeypatch.setattr(journal_module, "dumps_callable", counting)
+    writer = writers(path)
+    for i in range(50):
+        accept(writer, f"f-{i}", i, fn=helpers.mul)
+    assert len(pickled) == 1
+    for i in range(50):
+        accept(writer, f"p-{i}", i, fn=functools.partial(helpers.mul, 2))  # may differ call to call
+    assert len(pickled) == 51
 
 
 def test_lookup_sees_records_not_yet_committed(path: str, writers: Callable[..., JournalWriter]) -> None:
