@@ -221,7 +221,8 @@ def report_text(path: str, *, failed: bool = False, as_json: bool = False, width
     lines.append(f"  {'total':<10}{sum(counts.values()):>8,}")
     if not failed:
         if counts["failed"]:
-            lines.append(f"{counts['failed']:,} failed jobs: add --failed to list them")
+            plural = "s" if counts["failed"] != 1 else ""
+            lines.append(f"{counts['failed']:,} failed job{plural}: add --failed to list them")
         return "\n".join(lines)
     lines += ["", "failed jobs"]
     id_width = min(max([6, *(len(job.job_id) for job in jobs)]), width // 3)
