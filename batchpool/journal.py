@@ -31,6 +31,7 @@ import sqlite3
 import threading
 import time
 import types
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -54,7 +55,7 @@ from .journal_store import (
 )
 from .serialization import dumps, dumps_callable
 
-__all__ = ["MAX_QUEUED", "JournalWriter", "RecoveredJob", "StoredJob"]
+__all__ = ["MAX_QUEUED", "JournalWriter", "RecoveredJob", "StoredJob", "new_job_id"]
 
 log = logging.getLogger("batchpool")
 
@@ -66,6 +67,17 @@ _CACHE_SIZE = 1024
 # _REGISTRY_LOCK, held for the whole open so two threads cannot both pass.
 _REGISTRY: dict[str, JournalWriter] = {}
 _REGISTRY_LOCK = threading.Lock()
+
+
+def new_job_id() -> str:
+    """A job id for a job submitted without one: unique across processes and hosts (uuid4 hex).
+
+    Example:
+        >>> a, b = new_job_id(), new_job_id()
+        >>> len(a), a != b
+        (32, True)
+    """
+    return uuid.uuid4().hex
 
 
 def _forget_after_fork() -> None:
