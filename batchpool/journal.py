@@ -4,9 +4,10 @@ One responsibility: getting records to disk without making anyone wait. The
 executor (through the ledger) tells a ``JournalWriter`` what happened; one
 writer thread makes it durable; after a crash, ``unfinished()`` hands back
 what the dead owner left. The file format and its SQL are in
-``journal_store``; reading for people (``Journal``, ``report_text``) in
-``journal_report``. Imports from batchpool only ``errors``, ``serialization``
-and ``journal_store``. Data flow::
+``journal_store``, the crash rule in ``journal_recover``, reading for people
+(``Journal``, ``report_text``) in ``journal_report``. Imports from batchpool
+only ``errors``, ``serialization``, ``journal_store`` and ``journal_recover``.
+Data flow::
 
     submitting thread ── accept(): pickles the call here ──┐
     manager thread ── running/done/failed/retrying/... ────┤ one bounded list of
@@ -36,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import JournalCorruptError, JournalError, JournalLockedError
+from .journal_recover import RecoveredJob, claim_unfinished
 from .journal_store import (
     CALL,
     CANCELLED,
@@ -45,9 +47,7 @@ from .journal_store import (
     JOB_COLUMNS,
     RETRYING,
     RUNNING,
-    RecoveredJob,
     StoredJob,
-    claim_unfinished,
     connect,
     record_job_id,
     sqlite_error,

@@ -3,7 +3,7 @@
 One responsibility: what is in the SQLite file and how rows are written and
 read. No threads here: ``journal.JournalWriter`` calls these from its writer
 thread, ``journal_report.Journal`` from any. Imports from batchpool only
-``errors`` and ``serialization``. Schema (``SCHEMA_VERSION`` 1; other features
+``errors`` and ``serialization``. Recovery is in ``journal_recover``. Schema (``SCHEMA_VERSION`` 1; other features
 may add tables of their own to the same file, prefixed differently)::
 
     bp_journal_meta(name PRIMARY KEY, value)   magic, version, sessions (opens so far)
@@ -28,7 +28,6 @@ import os
 import sqlite3
 import traceback
 import urllib.parse
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +37,6 @@ from .errors import (
     JournalFullError,
     JournalReadOnlyError,
     NotAJournalError,
-    PoisonJobError,
     ResultNotKeptError,
 )
 from .serialization import dumps, loads
@@ -53,12 +51,9 @@ __all__ = [
     "RETRYING",
     "RUNNING",
     "MAGIC",
-    "POISON_CRASHES",
     "SCHEMA_VERSION",
     "STATES",
-    "RecoveredJob",
     "StoredJob",
-    "claim_unfinished",
     "connect",
     "error_fields",
     "sqlite_error",
@@ -87,8 +82,6 @@ JOB_COLUMNS = (
     "job_id, state, digest, attempts, crashes, key, priority, created, started, finished, "
     "error_type, error_message, error_traceback, result_kept, result, exception"
 )
-#: A job running at this many crashes of its owner in a row is poison.
-POISON_CRASHES = 3
 # Kinds of record, in the order a job's life goes (the writer keeps them in one
 # list, so a job's records reach the file in the order they were made).
 INSERT, RUNNING, DONE, FAILED, RETRYING, CANCELLED, CALL = range(7)
@@ -262,41 +255,6 @@ class StoredJob:
                    r[14], r[15])  # fmt: skip
 
 
-@dataclass(frozen=True)
-class RecoveredJob:
-    """A job a previous owner of the journal left unfinished (see ``JournalWriter.unfinished``).
-
-    Attributes:
-        job_id: its id. The job stays in the journal, now owned by this writer:
-            report its transitions, do not ``accept`` it again.
-        state: what the journal said: "queued", "running" (the owner died
-            while it ran) or "failed" (a redrive).
-        fn, args, kwargs: the unpickled call (None if ``error`` is set).
-        key, priority, timeout, retry: the job's options (retry unpickled).
-        attempts: attempts charged, the crash included.
-        poison: it was running at ``POISON_CRASHES`` crashes in a row or has no
-            attempts left; it is failed in the journal; ``error`` says why.
-        error: why the job cannot run: an unpickling error, or a ``PoisonJobError``.
-
-    Example:
-        >>> RecoveredJob("a", "queued", abs, (-1,), None, None, 1, None, None, 0).fn(*(-1,))
-        1
-    """
-
-    job_id: str
-    state: str
-    fn: Callable[..., Any] | None
-    args: tuple[Any, ...] | None
-    kwargs: dict[str, Any] | None
-    key: str | None
-    priority: int
-    timeout: float | None
-    retry: Any
-    attempts: int
-    poison: bool = False
-    error: BaseException | None = None
-
-
 # Every column of bp_jobs, in order: a job inserted and finished within one
 # commit is written as one full row.
 _COLUMNS = (
@@ -453,98 +411,3 @@ def _failed_row(job_id: str, exc: BaseException, attempts: int, now: float, *, k
         except Exception:  # noqa: BLE001 - type, message and traceback are kept anyway
             data = None
     return (*error_fields(exc), data, attempts, now, job_id)
-
-
-def claim_unfinished(
-    conn: sqlite3.Connection, session: int, *, include_failed: bool, now: float, path: str
-) -> list[RecoveredJob]:
-    """Claim for ``session`` the jobs other sessions left unfinished (see ``JournalWriter.unfinished``).
-
-    Runs its own transaction on ``conn``, which must not be in one.
-
-    Example:
-        >>> import tempfile
-        >>> with tempfile.TemporaryDirectory() as d:
-        ...     conn = connect(os.path.join(d, "jobs.db"), create=True)
-        ...     row = ("a", b"f", dumps(((-1,), None)), b"d", None, 1, None, None, 0, 1, 0.0, dumps(abs), None)
-        ...     write_batch(conn, [(INSERT, row), (RUNNING, (1.0, "a"))], keep=True)
-        ...     (job,) = claim_unfinished(conn, 2, include_failed=False, now=2.0, path="jobs.db")
-        ...     conn.close()
-        >>> job.state, job.fn(*job.args), job.attempts
-        ('running', 1, 1)
-    """
-    states = ("queued", "running", "failed") if include_failed else ("queued", "running")
-    # IMMEDIATE: take the write lock before reading, so no other connection
-    # changes these rows between the read and the updates.
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        rows = conn.execute(
-            "SELECT j.job_id, j.state, j.key, j.priority, j.timeout, j.retry_digest, r.data, j.attempts, j.crashes "
-            "FROM bp_jobs AS j LEFT JOIN bp_blobs AS r ON r.digest = j.retry_digest "
-            f"WHERE j.session != ? AND j.state IN ({', '.join('?' * len(states))}) ORDER BY j.priority, j.created",
-            (session, *states),
-        ).fetchall()
-        claimed: list[tuple[Any, ...]] = []
-        poisoned: list[tuple[Any, ...]] = []
-        found: list[tuple[Any, ...]] = []
-        for job_id, state, key, priority, timeout, retry_digest, retry_data, attempts, crashes in rows:
-            retry, error = None, None
-            try:
-                if retry_digest is not None and retry_data is None:
-                    raise JournalCorruptError(path, f"the retry policy of job {job_id!r} is missing")
-                retry = None if retry_data is None else loads(retry_data)
-            except Exception as exc:  # noqa: BLE001 - returned on the job
-                error = exc
-            poison = False
-            if state == "running":  # its owner died while it ran: charge the crash
-                attempts, crashes = attempts + 1, crashes + 1
-                max_attempts = getattr(retry, "max_attempts", None)
-                if crashes >= POISON_CRASHES or (isinstance(max_attempts, int) and attempts >= max_attempts):
-                    poison, error = True, PoisonJobError(job_id, crashes, attempts)
-                    name = "batchpool.errors.PoisonJobError"
-                    poisoned.append((name, str(error), attempts, crashes, now, session, job_id))
-            elif state == "failed":  # a redrive starts with a fresh count
-                attempts, crashes = 0, 0
-            if not poison:
-                claimed.append((attempts, crashes, session, job_id))
-            found.append((job_id, state, key, priority, timeout, retry, attempts, poison, error))
-        conn.executemany(
-            "UPDATE bp_jobs SET state = 'queued', attempts = ?, crashes = ?, session = ?, started = NULL, "
-            "finished = NULL, error_type = NULL, error_message = NULL, error_traceback = NULL, exception = NULL "
-            "WHERE job_id = ?",
-            claimed,
-        )
-        conn.executemany(
-            "UPDATE bp_jobs SET state = 'failed', error_type = ?, error_message = ?, attempts = ?, crashes = ?, "
-            "finished = ?, session = ? WHERE job_id = ?",
-            poisoned,
-        )
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
-    # Unpickled after the transaction: importing the callables' modules may take a while.
-    return [_recovered(conn, path, *job) for job in found]
-
-
-def _recovered(conn: sqlite3.Connection, path: str, job_id: str, state: str, key: str | None, priority: int,
-               timeout: float | None, retry: Any, attempts: int, poison: bool,
-               error: BaseException | None) -> RecoveredJob:  # fmt: skip
-    fn: Callable[..., Any] | None = None
-    args: tuple[Any, ...] | None = None
-    kwargs: dict[str, Any] | None = None
-    if error is None:
-        row = conn.execute(
-            "SELECT c.data, j.call FROM bp_jobs AS j LEFT JOIN bp_blobs AS c ON c.digest = j.fn_digest "
-            "WHERE j.job_id = ?",
-            (job_id,),
-        ).fetchone()
-        try:
-            if row is None or row[0] is None:
-                raise JournalCorruptError(path, f"the callable of job {job_id!r} is missing")
-            fn = loads(row[0])
-            args, kwargs = loads(row[1])
-        except Exception as exc:  # noqa: BLE001 - returned on the job
-            fn = args = kwargs = None
-            error = exc
-    return RecoveredJob(job_id, state, fn, args, kwargs, key, priority, timeout, retry, attempts, poison, error)
