@@ -462,13 +462,31 @@ def test_a_closed_writer_refuses_records_and_closes_once(path: str) -> None:
         assert journal.counts()["queued"] == 1  # close wrote what was queued
 
 
+def _writer_pragmas(writer: JournalWriter) -> tuple[int, str]:
+    """(synchronous, journal_mode) of the writer thread's connection."""
+    seen: list[tuple[int, str]] = []
+
+    def read(conn: sqlite3.Connection) -> None:
+        seen.append(
+            (conn.execute("PRAGMA synchronous").fetchone()[0], conn.execute("PRAGMA journal_mode").fetchone()[0])
+        )
+
+    writer._run_on_writer(read)
+    writer.flush(timeout=WAIT)
+    return seen[0]
+
+
 def test_open_validates_its_arguments(path: str) -> None:
     with pytest.raises(ValueError, match="journal_sync"):
         JournalWriter.open(path, sync="off")
     with pytest.raises(TypeError, match="journal_results"):
         JournalWriter.open(path, results="yes")  # type: ignore[arg-type]
-    with JournalWriter.open(path, sync="full") as writer:
-        accept(writer, "a")
+    for sync, level in (("full", 2), ("normal", 1)):
+        with JournalWriter.open(path, sync=sync) as writer:
+            assert _writer_pragmas(writer) == (level, "wal")
+    with Journal(path) as journal:
+        (auto_vacuum,) = journal._query("PRAGMA auto_vacuum")[0]
+        assert auto_vacuum == 2  # INCREMENTAL
 
 
 # -- ownership -------------------------------------------------------------------
