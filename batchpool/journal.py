@@ -274,6 +274,22 @@ class JournalWriter:
             self._pending[job_id] = (self._seq, row)
         return digest
 
+    def digest(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> bytes:
+        """The digest ``accept`` would return for this call, without recording anything.
+
+        For the duplicate-id check: ``lookup(job_id).digest != digest(...)``
+        means the id was used for another call (``DuplicateJobError``).
+
+        Example:
+            >>> import tempfile
+            >>> with tempfile.TemporaryDirectory() as d, JournalWriter.open(os.path.join(d, "jobs.db")) as writer:
+            ...     kept = writer.accept("a", abs, (-1,), None)
+            ...     writer.digest(abs, (-1,)) == kept, writer.digest(abs, (-2,)) == kept
+            (True, False)
+        """
+        _, fn_digest = self._pickle_callable(fn)
+        return hashlib.blake2b(fn_digest + dumps((args, kwargs or None)), digest_size=16).digest()
+
     def running(self, job_ids: list[str]) -> None:
         """Record that these jobs started (state "running", started time)."""
         now = self._clock()

@@ -207,6 +207,7 @@ def test_digest_compares_the_pickled_call(path: str, writers: Callable[..., Jour
     assert accept(writer, "b", 1) == one
     assert accept(writer, "c", 2) != one
     assert accept(writer, "d", 1, fn=helpers.echo) != one
+    assert writer.digest(helpers.add_one, (1,)) == one and writer.digest(helpers.add_one, (1,), {"k": 1}) != one
     writer.flush(timeout=WAIT)
     stored = writer.lookup("a")
     assert stored is not None and stored.digest == one
