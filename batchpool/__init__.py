@@ -10,11 +10,22 @@ Example:
     [1, 2]
 """
 
+from typing import TYPE_CHECKING
+
 from .errors import BatchPoolError as BatchPoolError
 from .errors import BatchResultError as BatchResultError
+from .errors import DuplicateJobError as DuplicateJobError
+from .errors import JournalCorruptError as JournalCorruptError
+from .errors import JournalError as JournalError
+from .errors import JournalFullError as JournalFullError
+from .errors import JournalLockedError as JournalLockedError
+from .errors import JournalReadOnlyError as JournalReadOnlyError
+from .errors import NotAJournalError as NotAJournalError
+from .errors import PoisonJobError as PoisonJobError
 from .errors import QueueFullError as QueueFullError
 from .errors import RemoteError as RemoteError
 from .errors import RemoteTraceback as RemoteTraceback
+from .errors import ResultNotKeptError as ResultNotKeptError
 from .errors import ShutdownError as ShutdownError
 from .errors import TransportError as TransportError
 from .errors import WorkerCrashedError as WorkerCrashedError
@@ -29,18 +40,31 @@ from .retry import CircuitBreaker as CircuitBreaker
 from .retry import CircuitOpenError as CircuitOpenError
 from .retry import RetryPolicy as RetryPolicy
 
+if TYPE_CHECKING:  # loaded on first use (see __getattr__); typed like any other name
+    from .journal_report import Journal as Journal
+
 __all__ = [
     "BatchPoolError",
     "BatchPoolExecutor",
     "BatchResultError",
     "CircuitBreaker",
     "CircuitOpenError",
+    "DuplicateJobError",
     "ExecutorView",
     "JobInfo",
+    "Journal",
+    "JournalCorruptError",
+    "JournalError",
+    "JournalFullError",
+    "JournalLockedError",
+    "JournalReadOnlyError",
+    "NotAJournalError",
+    "PoisonJobError",
     "Priority",
     "QueueFullError",
     "RemoteError",
     "RemoteTraceback",
+    "ResultNotKeptError",
     "RetryPolicy",
     "ShutdownError",
     "Stats",
@@ -63,4 +87,9 @@ def __getattr__(name: str) -> object:
         from . import dashboard
 
         return getattr(dashboard, name)
+    if name == "Journal":
+        # sqlite3 is only needed by journaled pools and readers: loaded on use.
+        from .journal_report import Journal
+
+        return Journal
     raise AttributeError(f"module 'batchpool' has no attribute {name!r}")

@@ -10,7 +10,16 @@ the failure model is visible in one place::
     │   ├── QueueFullError                  max_pending reached with on_full="raise"
     │   ├── ShutdownError                   shutdown's deadline passed before the job ended
     │   ├── JobTimeoutError                 the job ran past its time limit (also a TimeoutError)
-    │   └── CircuitOpenError (retry.py)     the job's key failed too often; failing fast
+    │   ├── CircuitOpenError (retry.py)     the job's key failed too often; failing fast
+    │   ├── DuplicateJobError (ValueError)  a job id reused with a different callable or arguments
+    │   ├── ResultNotKeptError (LookupError) the job already ran; its result was not kept
+    │   ├── PoisonJobError                  the job was running at every one of several crashes
+    │   └── JournalError                    the journal file cannot be used (names the file)
+    │       ├── JournalLockedError          a live process owns the journal
+    │       ├── NotAJournalError            the file is not a batchpool journal
+    │       ├── JournalCorruptError         SQLite found the file damaged
+    │       ├── JournalFullError            the disk (or the database's size limit) is full
+    │       └── JournalReadOnlyError        the file or its directory cannot be written
     └── concurrent.futures.BrokenExecutor
         ├── concurrent.futures.process.BrokenProcessPool
         │   ├── WorkerCrashedError          a worker died with the job unfinished
@@ -37,10 +46,19 @@ __all__ = [
     "BatchPoolError",
     "BatchResultError",
     "JobTimeoutError",
+    "DuplicateJobError",
+    "JournalCorruptError",
+    "JournalError",
+    "JournalFullError",
+    "JournalLockedError",
+    "JournalReadOnlyError",
+    "NotAJournalError",
+    "PoisonJobError",
     "QueueFullError",
     "ShutdownError",
     "RemoteError",
     "RemoteTraceback",
+    "ResultNotKeptError",
     "TransportError",
     "WorkerCrashedError",
 ]
@@ -229,4 +247,146 @@ class TransportError(BatchPoolError, BrokenProcessPool):
     Example:
         >>> str(TransportError("the call could not be unpickled in the worker"))
         'the call could not be unpickled in the worker'
+    """
+
+
+class DuplicateJobError(BatchPoolError, ValueError):
+    """A job id was submitted again with a different callable or arguments.
+
+    Ids make submits idempotent: the same id with the same call (compared by
+    its pickled bytes) is the same job; a different call under a used id is a
+    mistake the caller must hear about.
+
+    Attributes:
+        job_id: the reused id.
+
+    Example:
+        >>> str(DuplicateJobError("order-42"))
+        "job id 'order-42' was already submitted with a different callable or arguments"
+        >>> isinstance(DuplicateJobError("x"), ValueError)
+        True
+    """
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"job id {self.job_id!r} was already submitted with a different callable or arguments"
+
+
+class ResultNotKeptError(BatchPoolError, LookupError):
+    """The job already ran, but its result is not in the journal.
+
+    Results are not kept with ``journal_results=False``, or when the result
+    could not be pickled.
+
+    Attributes:
+        job_id: the job's id.
+
+    Example:
+        >>> str(ResultNotKeptError("order-42"))
+        "job 'order-42' already ran and its result was not kept"
+    """
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def __str__(self) -> str:
+        return f"job {self.job_id!r} already ran and its result was not kept"
+
+
+class PoisonJobError(BatchPoolError):
+    """The job was running each time its pool died; it is failed, not run again.
+
+    Attributes:
+        job_id: the job's id.
+        crashes: pool deaths in a row with the job running.
+        attempts: attempts charged to the job.
+
+    Example:
+        >>> str(PoisonJobError("order-42", crashes=3, attempts=3))
+        "job 'order-42' was running when its pool died 3 times in a row (3 attempts); it is not run again"
+    """
+
+    def __init__(self, job_id: str, crashes: int, attempts: int) -> None:
+        super().__init__(job_id, crashes, attempts)
+        self.job_id = job_id
+        self.crashes = crashes
+        self.attempts = attempts
+
+    def __str__(self) -> str:
+        return (
+            f"job {self.job_id!r} was running when its pool died {self.crashes} times in a row "
+            f"({self.attempts} attempts); it is not run again"
+        )
+
+
+class JournalError(BatchPoolError):
+    """A journal file cannot be opened, read or written.
+
+    Attributes:
+        path: the journal's path.
+        reason: what is wrong, in words.
+
+    Example:
+        >>> str(JournalError("jobs.db", "the journal is closed"))
+        'journal jobs.db: the journal is closed'
+    """
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(path, reason)
+        self.path = path
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return f"journal {self.path}: {self.reason}"
+
+
+class JournalLockedError(JournalError):
+    """Another live pool (in this process or another) owns the journal.
+
+    The ownership lock dies with its owner, so a journal whose owner died is
+    free again.
+
+    Example:
+        >>> str(JournalLockedError("jobs.db", "owned by a live process (pid 12)"))
+        'journal jobs.db: owned by a live process (pid 12)'
+    """
+
+
+class NotAJournalError(JournalError):
+    """The file exists but is not a batchpool journal (not SQLite, or another schema).
+
+    Example:
+        >>> issubclass(NotAJournalError, JournalError)
+        True
+    """
+
+
+class JournalCorruptError(JournalError):
+    """SQLite found the journal damaged.
+
+    Example:
+        >>> issubclass(JournalCorruptError, JournalError)
+        True
+    """
+
+
+class JournalFullError(JournalError):
+    """The disk, or the database's size limit, is full; the records of that commit were not written.
+
+    Example:
+        >>> issubclass(JournalFullError, JournalError)
+        True
+    """
+
+
+class JournalReadOnlyError(JournalError):
+    """The journal, its directory or its filesystem cannot be written.
+
+    Example:
+        >>> issubclass(JournalReadOnlyError, JournalError)
+        True
     """
