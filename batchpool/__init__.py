@@ -15,6 +15,8 @@ from .errors import BatchResultError as BatchResultError
 from .errors import QueueFullError as QueueFullError
 from .errors import RemoteError as RemoteError
 from .errors import RemoteTraceback as RemoteTraceback
+from .errors import RunFailedError as RunFailedError
+from .errors import RunFinishedError as RunFinishedError
 from .errors import ShutdownError as ShutdownError
 from .errors import TransportError as TransportError
 from .errors import WorkerCrashedError as WorkerCrashedError
@@ -42,6 +44,11 @@ __all__ = [
     "RemoteError",
     "RemoteTraceback",
     "RetryPolicy",
+    "Run",
+    "RunFailedError",
+    "RunFinishedError",
+    "RunProgress",
+    "RunStore",
     "ShutdownError",
     "Stats",
     "TransportError",
@@ -49,6 +56,7 @@ __all__ = [
     "Dashboard",
     "batched",
     "job_info",
+    "live_runs",
     "progress",
     "serve_metrics",
 ]
@@ -63,4 +71,13 @@ def __getattr__(name: str) -> object:
         from . import dashboard
 
         return getattr(dashboard, name)
+    # Runs (and sqlite3, for their store) are parent-side only: workers never load them.
+    if name in ("Run", "RunProgress", "live_runs"):
+        from . import runs
+
+        return getattr(runs, name)
+    if name == "RunStore":
+        from .run_store import RunStore
+
+        return RunStore
     raise AttributeError(f"module 'batchpool' has no attribute {name!r}")

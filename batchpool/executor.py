@@ -625,6 +625,24 @@ class BatchPoolExecutor(Executor):
     def _threads(self) -> set[Any]:
         return set(self._backend.compat_workers().values()) if self._config.backend == "thread" else set()
 
+    def map_pages(
+        self,
+        fetch_page: Callable[[Any], Any],
+        process_item: Callable[[Any], Any],
+        first_cursor: Any = None,
+        **options: Any,
+    ) -> Any:  # a batchpool.runs.Run (typed so once executor.py imports Run under TYPE_CHECKING)
+        """Pipelined pagination through this pool: see ``batchpool.runs.map_pages`` for ``options``.
+
+        Example:
+            >>> with BatchPoolExecutor(backend="thread") as ex:
+            ...     sorted(ex.map_pages(lambda c: ([c, c + 1], c + 2 if c < 2 else None), abs, 0))
+            [0, 1, 2, 3]
+        """
+        from .runs import map_pages
+
+        return map_pages(self, fetch_page, process_item, first_cursor, **options)
+
 
 def _chunked(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
     iterator = iter(items)
@@ -717,6 +735,18 @@ class ExecutorView:
     ) -> Iterator[R]:
         """``BatchPoolExecutor.map`` with this view's options."""
         return self._executor._map(fn, iterables, timeout, chunksize, buffersize, progress, self.opts)
+
+    def map_pages(
+        self,
+        fetch_page: Callable[[Any], Any],
+        process_item: Callable[[Any], Any],
+        first_cursor: Any = None,
+        **options: Any,
+    ) -> Any:  # a batchpool.runs.Run (typed so once executor.py imports Run under TYPE_CHECKING)
+        """``BatchPoolExecutor.map_pages`` with this view's options on the items."""
+        from .runs import map_pages
+
+        return map_pages(self, fetch_page, process_item, first_cursor, **options)
 
 
 class _BreakerFeed:
