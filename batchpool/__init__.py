@@ -10,6 +10,8 @@ Example:
     [1, 2]
 """
 
+from typing import TYPE_CHECKING
+
 from .errors import BatchPoolError as BatchPoolError
 from .errors import BatchResultError as BatchResultError
 from .errors import QueueFullError as QueueFullError
@@ -30,6 +32,12 @@ from .options import Priority as Priority
 from .retry import CircuitBreaker as CircuitBreaker
 from .retry import CircuitOpenError as CircuitOpenError
 from .retry import RetryPolicy as RetryPolicy
+
+if TYPE_CHECKING:  # loaded lazily at run time (see __getattr__); typed for checkers
+    from .run_store import RunStore as RunStore
+    from .runs import Run as Run
+    from .runs import RunProgress as RunProgress
+    from .runs import live_runs as live_runs
 
 __all__ = [
     "BatchPoolError",

@@ -365,6 +365,9 @@ class _Core:
             page.submitted = True
             if page.settled == len(items):
                 self._page_done_locked(page)
+            if not self.ordered and page.unconsumed == 0:
+                self._retire_locked(page)  # empty, or consumed while it was being submitted
+            self._cv_out.notify_all()
 
     def _submit(self, item: Any) -> Future[Any]:
         while True:
