@@ -188,6 +188,7 @@ class _Core:
         self.threads: list[threading.Thread] = []
         self.keeper_alive = False
         self.store_released = False
+        self.in_submit = False  # the fetch thread is inside pool.submit (which may block)
 
     # -- starting and stopping -------------------------------------------------------
 
@@ -227,7 +228,13 @@ class _Core:
         current = threading.current_thread()
         for thread in self.threads:
             # A listener (on the keeper) may close its own run: never join oneself.
-            if thread is not current and thread.ident is not None:
+            # A fetch thread blocked in submit() by a full pool (max_pending) is not
+            # waited for: cancelled jobs keep their place in the pool's queue until
+            # dispatched, so that wait could last as long as the running jobs. It
+            # cancels the job it submits and ends as soon as submit() returns.
+            with self._lock:
+                blocked = thread is self.threads[0] and self.in_submit
+            if thread is not current and thread.ident is not None and not blocked:
                 thread.join()
 
     def _stop_locked(self, error: BaseException | None) -> list[Future[Any]]:
@@ -242,6 +249,9 @@ class _Core:
         self._cv_fetch.notify_all()
         self._cv_keep.notify_all()
         return [f for page in self.pages.values() for f in page.futures if f is not None]
+
+    def _stopping_now(self) -> bool:
+        return self.stopping
 
     def ended_locked(self) -> bool:
         """Nothing more will run: stopped, or source exhausted and every page done."""
@@ -358,9 +368,15 @@ class _Core:
                 page.t_submit[idx] = self.clock()  # "running" counts from submit, queueing included
             future = self._submit(item)
             with self._lock:
-                if page.state[idx] == _RUN:
+                # A stop that came while submit() blocked (max_pending) did not
+                # see this Future: it is cancelled here instead.
+                stopped = self._stopping_now()  # (a call: mypy would keep the narrowing from above)
+                if not stopped and page.state[idx] == _RUN:
                     page.futures[idx] = future
             future.add_done_callback(functools.partial(self._on_done, page, idx))
+            if stopped:
+                future.cancel()
+                raise _Stopped
         with self._lock:
             page.submitted = True
             if page.settled == len(items):
@@ -372,6 +388,8 @@ class _Core:
     def _submit(self, item: Any) -> Future[Any]:
         while True:
             try:
+                with self._lock:
+                    self.in_submit = True
                 future: Future[Any] = self.pool.submit(self.process_item, item)
                 return future
             except QueueFullError:
@@ -379,6 +397,9 @@ class _Core:
                 with self._lock:
                     if self._cv_fetch.wait_for(lambda: self.stopping, 0.05):
                         raise _Stopped from None
+            finally:
+                with self._lock:
+                    self.in_submit = False
 
     # -- outcomes (pool threads) -----------------------------------------------------
 

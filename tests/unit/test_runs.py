@@ -174,6 +174,32 @@ def test_with_block_and_garbage_collection_stop_the_run(ex: BatchPoolExecutor) -
     assert not any(t.is_alive() for t in threads)
 
 
+def test_items_are_bounded_by_max_pending_and_close_does_not_wait_for_a_full_pool() -> None:
+    release = threading.Event()
+    started: list[int] = []
+
+    def held(x: int) -> int:
+        started.append(x)
+        assert release.wait(WAIT)
+        return x
+
+    pool = BatchPoolExecutor(max_workers=1, backend="thread", max_pending=3, max_batch_size=1)
+    try:
+        run = pool.map_pages(pages_of(1000, 10), held, 0)
+        wait_until(lambda: started and pool.stats().queued == 3, WAIT, "a full queue")
+        assert run.progress.pages_running == 1  # the fetch thread waits in submit()
+        threads = run_threads(run)
+        run.close()  # returns at once: cancelled jobs hold their place in the pool until dispatched
+        release.set()
+        for t in threads:
+            t.join(WAIT)
+        assert not any(t.is_alive() for t in threads)
+    finally:
+        release.set()
+        pool.shutdown(wait=True)
+    assert started == [0]  # the queued items, and the one whose submit was blocked, never ran
+
+
 # -- stuck pages ------------------------------------------------------------------------
 
 
