@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from batchpool import (
     BatchPoolExecutor,
@@ -491,3 +493,30 @@ def test_the_pools_journal_is_the_default_store(ex: BatchPoolExecutor, tmp_path:
     assert len(list(ex.map_pages(pages_of(2, 2), double, 0, run_id="j"))) == 4
     with RunStore(Journal.path) as store:
         assert store.pages_done("j") == [0, 1]
+
+
+def test_a_next_cursor_that_cannot_pickle_fails_the_run(ex: BatchPoolExecutor, tmp_path: Path) -> None:
+    lock = threading.Lock()
+    with pytest.raises(TypeError, match=r"next_cursor .* cannot be pickled"):
+        list(ex.map_pages(lambda c: ([1], lock), double, 0, run_id="badnext", store=tmp_path / "r.db"))
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 6), max_size=6),
+    prefetch=st.integers(1, 3),
+    ordered=st.booleans(),
+)
+def test_every_item_comes_out_once(sizes: list[int], prefetch: int, ordered: bool) -> None:
+    starts = list(itertools.accumulate([0, *sizes]))
+
+    def fetch(cursor: int) -> tuple[list[int], int | None]:
+        items = list(range(starts[cursor], starts[cursor + 1])) if sizes else []
+        return items, (cursor + 1 if cursor + 1 < len(sizes) else None)
+
+    with BatchPoolExecutor(max_workers=2, backend="thread") as pool:
+        with pool.map_pages(fetch, double, 0, prefetch=prefetch, ordered=ordered) as run:
+            out = list(run)
+    expected = [2 * x for x in range(sum(sizes))]
+    assert (out if ordered else sorted(out)) == expected
+    assert run.progress.pages_done == max(1, len(sizes))
