@@ -557,13 +557,16 @@ class _Core:
     # -- the keeper thread -----------------------------------------------------------
 
     def _keep_loop(self) -> None:
-        poll = COMMIT_INTERVAL if self.stuck_after is None else min(COMMIT_INTERVAL, self.stuck_after / 4)
+        poll = COMMIT_INTERVAL if self.stuck_after is None else max(0.01, min(COMMIT_INTERVAL, self.stuck_after / 4))
         ended = False
+        state = "closed"
         while not ended:
             with self._lock:
                 self._cv_keep.wait_for(lambda: self.page_finished or self.ended_locked(), poll)
                 writes, self.writes, self.page_finished = self.writes, [], False
                 ended = self.ended_locked()
+                # The end state is read with the last writes: a close after that is not a failure.
+                state = "failed" if self.error is not None else "closed" if self.stopping else "finished"
                 stuck = [] if self.stopping else self._newly_stuck_locked()
                 listeners = list(self.listeners)
             if writes and self.store is not None:
@@ -581,8 +584,6 @@ class _Core:
                     except Exception:
                         logger.exception("run %s: an on_page_stuck listener failed", self.run_id)
         if self.store is not None:
-            with self._lock:
-                state = "failed" if self.error is not None else "closed" if self.stopping else "finished"
             try:
                 self.store.finish(self.run_id, state)
             except Exception:
