@@ -44,6 +44,14 @@ def ex() -> Iterator[BatchPoolExecutor]:
     pool.shutdown(wait=True, cancel_futures=True)
 
 
+@pytest.fixture
+def single() -> Iterator[BatchPoolExecutor]:
+    """A pool that sends one job per batch (a blocked job holds no other behind it)."""
+    pool = BatchPoolExecutor(max_workers=2, backend="thread", max_batch_size=1)
+    yield pool
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def pages_of(n_pages: int, size: int) -> Callable[[int], tuple[list[int], int | None]]:
     """A source of ``n_pages`` pages of ``size`` consecutive ints; cursors 0, 1, ..."""
 
@@ -218,7 +226,8 @@ def test_a_stuck_page_is_reported_and_blocks_no_other_page(ex: BatchPoolExecutor
     def broken_listener(cursor: int, age: float) -> None:
         raise RuntimeError("a listener bug must not stop the run")
 
-    big = BatchPoolExecutor(max_workers=3, backend="thread")
+    # One job per batch: the blocked item must not hold another one behind it in its batch.
+    big = BatchPoolExecutor(max_workers=3, backend="thread", max_batch_size=1)
     try:
         run = big.map_pages(pages_of(4, 2), slow_zero, 0, prefetch=3, stuck_after=10.0, clock=lambda: now[0])
         run.add_listener(on_page_stuck=broken_listener)
@@ -241,7 +250,7 @@ def test_a_stuck_page_is_reported_and_blocks_no_other_page(ex: BatchPoolExecutor
         big.shutdown(wait=True)
 
 
-def test_ordered_stuck_page_holds_output_and_fetching_waits(ex: BatchPoolExecutor) -> None:
+def test_ordered_stuck_page_holds_output_and_fetching_waits(single: BatchPoolExecutor) -> None:
     release = threading.Event()
     calls: list[int] = []
 
@@ -254,7 +263,7 @@ def test_ordered_stuck_page_holds_output_and_fetching_waits(ex: BatchPoolExecuto
             assert release.wait(WAIT)
         return x
 
-    with ex.map_pages(fetch, slow_zero, 0, prefetch=3, ordered=True) as run:
+    with single.map_pages(fetch, slow_zero, 0, prefetch=3, ordered=True) as run:
         wait_until(lambda: run.progress.pages_done == 2, WAIT, "pages 1 and 2")
         assert calls == [0, 1, 2]  # prefetch pages ahead, then it waits for page 0
         release.set()
