@@ -529,3 +529,13 @@ def test_every_item_comes_out_once(sizes: list[int], prefetch: int, ordered: boo
     expected = [2 * x for x in range(sum(sizes))]
     assert (out if ordered else sorted(out)) == expected
     assert run.progress.pages_done == max(1, len(sizes))
+
+
+def test_a_replay_restores_the_tolerated_failures(ex: BatchPoolExecutor, tmp_path: Path) -> None:
+    db = tmp_path / "runs.db"
+    first = ex.map_pages(pages_of(2, 3), fail_on(4), 0, run_id="tol", store=db, tolerated_failure=1, ordered=True)
+    assert list(first) == [0, 1, 2, 3, 5]
+    with ex.map_pages(refuse, refuse, 0, run_id="tol", store=db, ordered=True) as replay:
+        assert list(replay) == [0, 1, 2, 3, 5]
+        assert [(item, str(exc)) for item, exc in replay.failures] == [(4, "bad item 4")]
+        assert (replay.progress.items_done, replay.progress.items_failed) == (5, 1)
