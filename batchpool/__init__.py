@@ -26,6 +26,8 @@ from .errors import QueueFullError as QueueFullError
 from .errors import RemoteError as RemoteError
 from .errors import RemoteTraceback as RemoteTraceback
 from .errors import ResultNotKeptError as ResultNotKeptError
+from .errors import RunFailedError as RunFailedError
+from .errors import RunFinishedError as RunFinishedError
 from .errors import ShutdownError as ShutdownError
 from .errors import TransportError as TransportError
 from .errors import WorkerCrashedError as WorkerCrashedError
@@ -42,6 +44,10 @@ from .retry import RetryPolicy as RetryPolicy
 
 if TYPE_CHECKING:  # loaded on first use (see __getattr__); typed like any other name
     from .journal_report import Journal as Journal
+    from .run_store import RunStore as RunStore
+    from .runs import Run as Run
+    from .runs import RunProgress as RunProgress
+    from .runs import live_runs as live_runs
 
 __all__ = [
     "BatchPoolError",
@@ -66,6 +72,11 @@ __all__ = [
     "RemoteTraceback",
     "ResultNotKeptError",
     "RetryPolicy",
+    "Run",
+    "RunFailedError",
+    "RunFinishedError",
+    "RunProgress",
+    "RunStore",
     "ShutdownError",
     "Stats",
     "TransportError",
@@ -73,6 +84,7 @@ __all__ = [
     "Dashboard",
     "batched",
     "job_info",
+    "live_runs",
     "progress",
     "serve_metrics",
 ]
@@ -92,4 +104,13 @@ def __getattr__(name: str) -> object:
         from .journal_report import Journal
 
         return Journal
+    # Runs (and sqlite3, for their store) are parent-side only: workers never load them.
+    if name in ("Run", "RunProgress", "live_runs"):
+        from . import runs
+
+        return getattr(runs, name)
+    if name == "RunStore":
+        from .run_store import RunStore
+
+        return RunStore
     raise AttributeError(f"module 'batchpool' has no attribute {name!r}")

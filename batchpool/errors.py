@@ -10,6 +10,8 @@ the failure model is visible in one place::
     │   ├── QueueFullError                  max_pending reached with on_full="raise"
     │   ├── ShutdownError                   shutdown's deadline passed before the job ended
     │   ├── JobTimeoutError                 the job ran past its time limit (also a TimeoutError)
+    │   ├── RunFailedError                  map_pages: more items failed than tolerated
+    │   ├── RunFinishedError                map_pages: the run_id finished, results not kept
     │   ├── CircuitOpenError (retry.py)     the job's key failed too often; failing fast
     │   ├── DuplicateJobError (ValueError)  a job id reused with a different callable or arguments
     │   ├── ResultNotKeptError (LookupError) the job already ran; its result was not kept
@@ -61,6 +63,8 @@ __all__ = [
     "ResultNotKeptError",
     "TransportError",
     "WorkerCrashedError",
+    "RunFailedError",
+    "RunFinishedError",
 ]
 
 
@@ -390,3 +394,58 @@ class JournalReadOnlyError(JournalError):
         >>> issubclass(JournalReadOnlyError, JournalError)
         True
     """
+
+
+class RunFailedError(BatchPoolError):
+    """A ``map_pages`` run failed more items than its ``tolerated_failure`` allows.
+
+    The run stopped fetching and cancelled its queued items. The first
+    failure is the ``__cause__``.
+
+    Attributes:
+        run_id: the run's id.
+        count: how many items had failed.
+        completed: how many items had completed (failed ones included).
+        failures: the first failures, as (item, exception) pairs.
+
+    Example:
+        >>> str(RunFailedError("backfill", 3, 40, [(7, ValueError("bad row"))]))
+        "run 'backfill': 3 of 40 completed items failed, more than tolerated; first: 7: ValueError('bad row')"
+    """
+
+    def __init__(
+        self, run_id: str, count: int, completed: int, failures: list[tuple[object, BaseException]]
+    ) -> None:
+        super().__init__(run_id, count, completed, failures)
+        self.run_id = run_id
+        self.count = count
+        self.completed = completed
+        self.failures = failures
+
+    def __str__(self) -> str:
+        first = ", ".join(f"{item!r}: {exc!r}" for item, exc in self.failures[:3])
+        return (
+            f"run {self.run_id!r}: {self.count} of {self.completed} completed items failed, "
+            f"more than tolerated; first: {first}"
+        )
+
+
+class RunFinishedError(BatchPoolError):
+    """A ``map_pages`` run with this ``run_id`` already finished and kept no results.
+
+    Start it under a new ``run_id`` to run it again.
+
+    Example:
+        >>> str(RunFinishedError("backfill"))
+        "run 'backfill' already finished and its results were not kept (keep_results=False); use a new run_id"
+    """
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+
+    def __str__(self) -> str:
+        return (
+            f"run {self.run_id!r} already finished and its results were not kept (keep_results=False); "
+            "use a new run_id"
+        )

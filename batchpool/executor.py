@@ -26,7 +26,7 @@ import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from typing_extensions import ParamSpec
 
@@ -52,6 +52,9 @@ from .retry import CircuitBreaker, RetryPolicy
 from .runner import identity, run_batch
 from .signals import SignalDrain
 from .state import EXIT_MESSAGE, Phase, PoolState
+
+if TYPE_CHECKING:
+    from .runs import Run
 
 __all__ = ["BatchPoolExecutor", "ExecutorView"]
 
@@ -700,6 +703,24 @@ class BatchPoolExecutor(Executor):
     def _threads(self) -> set[Any]:
         return set(self._backend.compat_workers().values()) if self._config.backend == "thread" else set()
 
+    def map_pages(
+        self,
+        fetch_page: Callable[[Any], Any],
+        process_item: Callable[[Any], Any],
+        first_cursor: Any = None,
+        **options: Any,
+    ) -> Run:
+        """Pipelined pagination through this pool: see ``batchpool.runs.map_pages`` for ``options``.
+
+        Example:
+            >>> with BatchPoolExecutor(backend="thread") as ex:
+            ...     sorted(ex.map_pages(lambda c: ([c, c + 1], c + 2 if c < 2 else None), abs, 0))
+            [0, 1, 2, 3]
+        """
+        from .runs import map_pages
+
+        return map_pages(self, fetch_page, process_item, first_cursor, **options)
+
 
 class ExecutorView:
     """A pool seen through fixed job options (made by ``BatchPoolExecutor.options``)."""
@@ -723,3 +744,15 @@ class ExecutorView:
     ) -> Iterator[R]:
         """``BatchPoolExecutor.map`` with this view's options."""
         return self._executor._map(fn, iterables, timeout, chunksize, buffersize, progress, self.opts)
+
+    def map_pages(
+        self,
+        fetch_page: Callable[[Any], Any],
+        process_item: Callable[[Any], Any],
+        first_cursor: Any = None,
+        **options: Any,
+    ) -> Run:
+        """``BatchPoolExecutor.map_pages`` with this view's options on the items."""
+        from .runs import map_pages
+
+        return map_pages(self, fetch_page, process_item, first_cursor, **options)
