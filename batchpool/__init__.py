@@ -22,6 +22,7 @@ from .errors import JournalLockedError as JournalLockedError
 from .errors import JournalReadOnlyError as JournalReadOnlyError
 from .errors import NotAJournalError as NotAJournalError
 from .errors import PoisonJobError as PoisonJobError
+from .errors import JobTimeoutError as JobTimeoutError
 from .errors import QueueFullError as QueueFullError
 from .errors import RemoteError as RemoteError
 from .errors import RemoteTraceback as RemoteTraceback
@@ -58,6 +59,7 @@ __all__ = [
     "DuplicateJobError",
     "ExecutorView",
     "JobInfo",
+    "JobTimeoutError",
     "Journal",
     "JournalCorruptError",
     "JournalError",

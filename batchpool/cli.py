@@ -287,12 +287,9 @@ def _maker(workers: int, backend: str, size: int | str) -> Callable[[], Any]:
 
 
 def journal(args: argparse.Namespace) -> int:
-    """Print a journal's report (``batchpool.journal.report_text``)."""
-    try:
-        from .journal import report_text  # type: ignore[import-not-found,attr-defined,unused-ignore]
-    except ImportError as exc:
-        print(f"batchpool journal: error: no journal in this build ({exc})", file=sys.stderr)
-        return 2
+    """Print a journal's report (``batchpool.journal_report.report_text``)."""
+    from .journal_report import report_text
+
     width = max(40, shutil.get_terminal_size((FILE_WIDTH, 24)).columns)
     try:
         text = str(report_text(args.path, failed=args.failed, as_json=args.json, width=width))

@@ -96,6 +96,7 @@ class Batch:
         "cancelled",
         "done",
         "fn",
+        "fresh",
         "id",
         "jobs",
         "kind",
@@ -122,6 +123,7 @@ class Batch:
         self.blocks: list[Any] = []  # the arena blocks its large buffers are in (transport.shm.Block)
         self.cancelled = 0  # jobs found cancelled when it was claimed
         self.yield_asked = False  # its worker was asked to give the unstarted rest back
+        self.fresh = False  # cut from the lanes (not a resend): its jobs count as dispatched once
         self.mean_submit = 0.0
 
     def mark_dispatched(self) -> None:

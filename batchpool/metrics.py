@@ -283,14 +283,19 @@ class Metrics:
 
     # -- recording (backends) ------------------------------------------------------
 
-    def batch_sent(self, size: int, reason: str, mean_wait: float) -> None:
-        """A batch of ``size`` jobs left its lane for ``reason``."""
+    def batch_sent(self, size: int, reason: str, mean_wait: float | None) -> None:
+        """A batch of ``size`` jobs went to a worker (``reason``: why it left its lane).
+
+        ``mean_wait`` is the jobs' mean wait since submit; None for a batch
+        sent again (split, given back), whose jobs' wait was counted already.
+        """
         with self._lock:
             self._batches += 1
             self._flush[reason] += 1
             self._sizes[1 << max(0, size - 1).bit_length()] += 1
             self._size_total += size
-            self._queue_wait.add(mean_wait, size)
+            if mean_wait is not None:
+                self._queue_wait.add(mean_wait, size)
 
     def results(self, ok: int) -> None:
         """``ok`` jobs returned a result."""

@@ -133,9 +133,9 @@ class ThreadBackend(Backend):
     def _run(self, batch: Batch) -> None:
         if not self.ledger.claim(batch):
             return
-        if batch.record is None:
-            batch.mark_dispatched()
-            self.metrics.batch_sent(len(batch.jobs), batch.reason, batch.t_dispatch - batch.mean_submit)
+        batch.mark_dispatched()
+        wait = batch.t_dispatch - batch.mean_submit if batch.fresh else None
+        self.metrics.batch_sent(len(batch.jobs), batch.reason, wait)
         me = threading.current_thread()
         self._busy.add(me)
         t0 = time.perf_counter()

@@ -337,7 +337,9 @@ class Batcher:
                 del self._lanes[key]  # empty lanes go: they hold the callable
             if self._space_waiters:
                 self._space.notify(len(jobs))
-            return Batch(jobs, reason, lane.timing_key)
+            batch = Batch(jobs, reason, lane.timing_key)
+            batch.fresh = True
+            return batch
         return None
 
     def _candidates(self, now: float) -> list[tuple[tuple[Any, ...], _Lane, str]]:

@@ -16,6 +16,7 @@ PUBLIC = [
     "DuplicateJobError",
     "ExecutorView",
     "JobInfo",
+    "JobTimeoutError",
     "Journal",
     "JournalCorruptError",
     "JournalError",

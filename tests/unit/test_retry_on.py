@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from batchpool import RetryPolicy, WorkerCrashedError
+from batchpool import JobTimeoutError, RetryPolicy, WorkerCrashedError
 
 
 def test_a_class_is_taken_as_the_class_not_as_a_predicate() -> None:
@@ -29,7 +29,8 @@ def test_a_predicate() -> None:
 
 def test_crashes_and_timeouts_stay_retryable_whatever_retry_on_says() -> None:
     policy = RetryPolicy(retry_on=KeyError)
-    assert policy.retryable(TimeoutError()) and policy.retryable(WorkerCrashedError(1234, -9))
+    assert policy.retryable(JobTimeoutError(1.0)) and policy.retryable(WorkerCrashedError(1234, -9))
+    assert not policy.retryable(TimeoutError())  # raised by the job itself: follows retry_on
 
 
 @pytest.mark.parametrize("bad", [int, "ConnectionError", 3, (ConnectionError, "x"), (int,), None])

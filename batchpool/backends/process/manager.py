@@ -59,6 +59,9 @@ __all__ = ["PREFETCH", "ProcessBackend"]
 #: Batches one worker may hold at once: the one it runs and one waiting, so it
 #: never idles between batches. The second goes out only for quick jobs.
 PREFETCH = 2
+#: An idle worker takes work back from a busy one only behind a batch that
+#: has run this long (shorter ones end before the move would pay).
+REBALANCE_AFTER = 0.01
 
 _WAKE, _RESULT, _SENTINEL, _WRITE = range(4)
 _pool_ids = itertools.count()
@@ -98,6 +101,7 @@ class ProcessBackend(Backend):
         self._max_tasks = config.max_tasks_per_child
         # Deadlines of running jobs that have a timeout: (deadline, batch id, worker id).
         self._deadlines: list[tuple[float, int, int]] = []
+        self._rebalance_at: float | None = None  # when to look again for work to move to an idle worker
         self.state.watch(self._on_state_change)
 
     # -- called from other threads ------------------------------------------------------
@@ -227,9 +231,9 @@ class ProcessBackend(Backend):
 
     def _timeout(self) -> float | None:
         deadline = self.batcher.next_deadline()
-        if self._deadlines:
-            first = self._deadlines[0][0]
-            deadline = first if deadline is None else min(deadline, first)
+        for first in (self._deadlines[0][0] if self._deadlines else None, self._rebalance_at):
+            if first is not None:
+                deadline = first if deadline is None else min(deadline, first)
         if deadline is None:
             return None
         return max(0.0, deadline - time.monotonic())
@@ -306,14 +310,24 @@ class ProcessBackend(Backend):
         )
 
     def _rebalance(self) -> None:
-        """An idle worker and nothing queued: take back work that waits behind a slow job."""
+        """An idle worker and nothing queued: take back work that waits behind a slow job.
+
+        Only behind a batch that has run ``REBALANCE_AFTER`` already: quick
+        batches end before a reclaimed one could even be sent again.
+        """
+        self._rebalance_at = None
         idle = [w for w in self._workers.values() if w.idle and not w.killed and self._budget(w)]
         if not idle:
             return
+        now = time.monotonic()
         for worker in self._workers.values():
             if worker.control is None or worker.killed or worker.skipping or not worker.inflight:
                 continue
             batches = list(worker.inflight.values())
+            due = batches[0].t_dispatch + REBALANCE_AFTER
+            if due > now:
+                self._rebalance_at = due if self._rebalance_at is None else min(self._rebalance_at, due)
+                continue
             if len(batches) > 1 and worker.control.reclaim():
                 # The newest batch had not started: it is ours again.
                 batch = batches[-1]
@@ -359,9 +373,9 @@ class ProcessBackend(Backend):
             self.ledger.forget(batch)  # split, or every job failed to pickle
             return
         batch.worker = worker
-        if batch.record is None or batch.reason == "rebalance":
-            batch.mark_dispatched()
-            self.metrics.batch_sent(len(batch.jobs), batch.reason, batch.t_dispatch - batch.mean_submit)
+        batch.mark_dispatched()
+        wait = batch.t_dispatch - batch.mean_submit if batch.fresh else None
+        self.metrics.batch_sent(len(batch.jobs), batch.reason, wait)
         worker.inflight[batch.id] = batch
         worker.sent += len(batch.jobs)
         timeout = batch.jobs[0].opts.timeout
