@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .errors import BatchPoolError as BatchPoolError
 from .errors import BatchResultError as BatchResultError
 from .errors import DuplicateJobError as DuplicateJobError
+from .errors import JobTimeoutError as JobTimeoutError
 from .errors import JournalCorruptError as JournalCorruptError
 from .errors import JournalError as JournalError
 from .errors import JournalFullError as JournalFullError
@@ -22,7 +23,6 @@ from .errors import JournalLockedError as JournalLockedError
 from .errors import JournalReadOnlyError as JournalReadOnlyError
 from .errors import NotAJournalError as NotAJournalError
 from .errors import PoisonJobError as PoisonJobError
-from .errors import JobTimeoutError as JobTimeoutError
 from .errors import QueueFullError as QueueFullError
 from .errors import RemoteError as RemoteError
 from .errors import RemoteTraceback as RemoteTraceback
