@@ -20,7 +20,6 @@ Lifetime rules (each one fixes a way the standard pools have hung or leaked):
 from __future__ import annotations
 
 import logging
-import os
 import signal
 import threading
 import weakref
@@ -31,11 +30,12 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from typing_extensions import ParamSpec
 
 from .backends import load_backend
-from .backends.base import Backend
 from .batching import Batcher
+from .compat import StdlibCompat
 from .errors import QueueFullError, ShutdownError
 from .jobs import BATCHED, BATCHED_BISECT, CALLS, Batch, Job, is_batched
 from .ledger import Ledger
+from .lifecycle import WeakStats, register_backend, register_signals, shutdown_unreferenced
 from .mapping import map_jobs
 from .metrics import Listener, Metrics, Stats
 from .options import (
@@ -51,7 +51,8 @@ from .options import (
 from .retry import CircuitBreaker, RetryPolicy
 from .runner import identity, run_batch
 from .signals import SignalDrain
-from .state import EXIT_MESSAGE, Phase, PoolState
+from .state import Phase, PoolState
+from .views import ExecutorView, view_options
 
 if TYPE_CHECKING:
     from .runs import Run
@@ -64,65 +65,7 @@ R = TypeVar("R")
 _ON_FULL = ("block", "raise", "caller_runs")
 logger = logging.getLogger("batchpool")
 
-_live_backends: weakref.WeakSet[Backend] = weakref.WeakSet()
-_live_signals: weakref.WeakSet[SignalDrain] = weakref.WeakSet()
-
-
-def _python_exit() -> None:
-    for drain in list(_live_signals):
-        drain.wait_drained()  # a signal's drain finishes (bounded) before the rest stops
-    backends = list(_live_backends)
-    for backend in backends:
-        backend.state.close(EXIT_MESSAGE)
-        backend.begin_shutdown()
-    for backend in backends:
-        backend.join()
-
-
-def _forget_pools_in_child() -> None:
-    # A forked child (a fork-started worker) inherits the registries, and
-    # maybe a lock held mid-start by the thread that forked: its exit must not
-    # try to shut down pools that belong to its parent.
-    _live_backends.clear()
-    _live_signals.clear()
-
-
-os.register_at_fork(after_in_child=_forget_pools_in_child)
-
-_register = getattr(threading, "_register_atexit", None)
-if _register is not None:
-    _register(_python_exit)
-else:  # pragma: no cover - every supported CPython has it
-    import atexit
-
-    atexit.register(_python_exit)
-
-
-def _shutdown_unreferenced(state: PoolState, backend: Backend, hooks: list[Callable[[], None]]) -> None:
-    # May run on any thread, inside the garbage collector: never wait here.
-    state.close()
-    backend.begin_shutdown()
-    for hook in hooks:
-        try:
-            hook()
-        except Exception:
-            logger.exception("batchpool: a shutdown hook failed")
-
-
-class _WeakStats:
-    """``stats()`` of a pool held weakly (for the dashboard, which must not keep it alive)."""
-
-    def __init__(self, executor: BatchPoolExecutor) -> None:
-        self._ref = weakref.ref(executor)
-
-    def stats(self) -> Stats:
-        executor = self._ref()
-        if executor is None:
-            raise ReferenceError("the pool was garbage collected")
-        return executor.stats()
-
-
-class BatchPoolExecutor(Executor):
+class BatchPoolExecutor(StdlibCompat, Executor):
     """An Executor that carries calls to its workers in batches.
 
     A drop-in for ``ProcessPoolExecutor`` (the default, ``backend="process"``)
@@ -241,15 +184,15 @@ class BatchPoolExecutor(Executor):
         self._signals: SignalDrain | None = None
         # Serialises shutdown() calls against each other (never held by submit).
         self._shutdown_lock = threading.Lock()
-        _live_backends.add(self._backend)
+        register_backend(self._backend)
         # Hooks that must also run if the pool is collected unreferenced (the dashboard's stop).
         self._finalizer_hooks: list[Callable[[], None]] = []
-        finalizer = weakref.finalize(self, _shutdown_unreferenced, self._state, self._backend, self._finalizer_hooks)
+        finalizer = weakref.finalize(self, shutdown_unreferenced, self._state, self._backend, self._finalizer_hooks)
         finalizer.atexit = False  # interpreter exit is _python_exit's job
         if dashboard:
             from .dashboard import Dashboard
 
-            view = Dashboard(_WeakStats(self))  # type: ignore[arg-type]
+            view = Dashboard(WeakStats(self))  # type: ignore[arg-type]
             view.start()
             self._on_shutdown.append(view.stop)
             self._finalizer_hooks.append(view.stop)
@@ -584,7 +527,7 @@ class BatchPoolExecutor(Executor):
 
         handlers = SignalDrain(self._state, drain, abort, signals, exit_code, timeout)
         self._signals = handlers
-        _live_signals.add(handlers)
+        register_signals(handlers)
 
         def restore() -> None:
             if self._signals is handlers:
@@ -623,26 +566,7 @@ class BatchPoolExecutor(Executor):
             ...     urgent.submit(abs, -2).result(timeout=10)
             2
         """
-        base = self._default_opts
-        if priority is not None and not isinstance(priority, Priority):
-            try:
-                priority = Priority(priority)
-            except ValueError:
-                raise ValueError(f"priority must be a batchpool.Priority, got {priority!r}") from None
-        if retry is not None and retry is not False and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a batchpool.RetryPolicy, False or None, got {type(retry).__name__}")
-        if key is not None:
-            try:
-                hash(key)
-            except TypeError:
-                raise TypeError(f"key must be hashable, got {type(key).__name__}") from None
-        opts = JobOptions(
-            priority=base.priority if priority is None else Priority(priority),
-            key=base.key if key is None else key,
-            timeout=base.timeout if timeout is None else check_timeout("timeout", timeout),
-            retry=base.retry if retry is None else (retry or None),
-        )
-        return ExecutorView(self, opts)
+        return ExecutorView(self, view_options(self._default_opts, priority, key, timeout, retry))
 
     def set_policy(
         self,
@@ -676,33 +600,6 @@ class BatchPoolExecutor(Executor):
                 raise TypeError("circuit_breaker must be a batchpool.CircuitBreaker")
             self._breakers[key] = circuit_breaker
 
-    # -- compatibility views of the standard pools' private attributes ---------------
-
-    @property
-    def _max_workers(self) -> int:
-        return self._config.max_workers
-
-    @property
-    def _mp_context(self) -> Any:
-        return self._config.mp_context
-
-    @property
-    def _broken(self) -> str | bool:
-        error = self._state.error if self._state.phase == Phase.BROKEN else None
-        return str(error) if error is not None else False
-
-    @property
-    def _processes(self) -> dict[Any, Any]:
-        return self._backend.compat_workers() if self._config.backend == "process" else {}
-
-    @property
-    def _executor_manager_thread(self) -> Any:
-        return getattr(self._backend, "manager_thread", None)
-
-    @property
-    def _threads(self) -> set[Any]:
-        return set(self._backend.compat_workers().values()) if self._config.backend == "thread" else set()
-
     def map_pages(
         self,
         fetch_page: Callable[[Any], Any],
@@ -717,42 +614,6 @@ class BatchPoolExecutor(Executor):
             ...     sorted(ex.map_pages(lambda c: ([c, c + 1], c + 2 if c < 2 else None), abs, 0))
             [0, 1, 2, 3]
         """
-        from .runs import map_pages
-
-        return map_pages(self, fetch_page, process_item, first_cursor, **options)
-
-
-class ExecutorView:
-    """A pool seen through fixed job options (made by ``BatchPoolExecutor.options``)."""
-
-    def __init__(self, executor: BatchPoolExecutor, opts: JobOptions) -> None:
-        self._executor = executor
-        self.opts = opts
-
-    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
-        """``BatchPoolExecutor.submit`` with this view's options."""
-        return self._executor._submit(fn, args, kwargs, CALLS, self.opts)
-
-    def map(
-        self,
-        fn: Callable[..., R],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int = 1,
-        buffersize: int | None = None,
-        progress: bool = False,
-    ) -> Iterator[R]:
-        """``BatchPoolExecutor.map`` with this view's options."""
-        return self._executor._map(fn, iterables, timeout, chunksize, buffersize, progress, self.opts)
-
-    def map_pages(
-        self,
-        fetch_page: Callable[[Any], Any],
-        process_item: Callable[[Any], Any],
-        first_cursor: Any = None,
-        **options: Any,
-    ) -> Run:
-        """``BatchPoolExecutor.map_pages`` with this view's options on the items."""
         from .runs import map_pages
 
         return map_pages(self, fetch_page, process_item, first_cursor, **options)

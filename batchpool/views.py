@@ -1,0 +1,94 @@
+"""ExecutorView: a pool seen through fixed job options (``BatchPoolExecutor.options``).
+
+Imports ``options``, ``retry`` and ``jobs``; the executor is passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from typing_extensions import ParamSpec
+
+from .jobs import CALLS
+from .options import JobOptions, Priority, check_timeout
+from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .executor import BatchPoolExecutor
+    from .runs import Run
+
+__all__ = ["ExecutorView", "view_options"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def view_options(
+    base: JobOptions,
+    priority: Priority | int | None,
+    key: Hashable | None,
+    timeout: float | None,
+    retry: RetryPolicy | Literal[False] | None,
+) -> JobOptions:
+    """Validate a view's options; the ones not given keep ``base``'s.
+
+    Example:
+        >>> view_options(JobOptions(), 0, None, 5, None).priority.name
+        'REALTIME'
+    """
+    if priority is not None and not isinstance(priority, Priority):
+        try:
+            priority = Priority(priority)
+        except ValueError:
+            raise ValueError(f"priority must be a batchpool.Priority, got {priority!r}") from None
+    if retry is not None and retry is not False and not isinstance(retry, RetryPolicy):
+        raise TypeError(f"retry must be a batchpool.RetryPolicy, False or None, got {type(retry).__name__}")
+    if key is not None:
+        try:
+            hash(key)
+        except TypeError:
+            raise TypeError(f"key must be hashable, got {type(key).__name__}") from None
+    return JobOptions(
+        priority=base.priority if priority is None else Priority(priority),
+        key=base.key if key is None else key,
+        timeout=base.timeout if timeout is None else check_timeout("timeout", timeout),
+        retry=base.retry if retry is None else (retry or None),
+    )
+
+
+class ExecutorView:
+    """A pool seen through fixed job options (made by ``BatchPoolExecutor.options``)."""
+
+    def __init__(self, executor: BatchPoolExecutor, opts: JobOptions) -> None:
+        self._executor = executor
+        self.opts = opts
+
+    def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """``BatchPoolExecutor.submit`` with this view's options."""
+        return self._executor._submit(fn, args, kwargs, CALLS, self.opts)
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[R]:
+        """``BatchPoolExecutor.map`` with this view's options."""
+        return self._executor._map(fn, iterables, timeout, chunksize, buffersize, progress, self.opts)
+
+    def map_pages(
+        self,
+        fetch_page: Callable[[Any], Any],
+        process_item: Callable[[Any], Any],
+        first_cursor: Any = None,
+        **options: Any,
+    ) -> Run:
+        """``BatchPoolExecutor.map_pages`` with this view's options on the items."""
+        from .runs import map_pages
+
+        return map_pages(self, fetch_page, process_item, first_cursor, **options)
