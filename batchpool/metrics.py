@@ -446,11 +446,20 @@ class Metrics:
             batch_size_mean=size_total / batches if batches else 0.0,
             batch_sizes=sizes,
             flush_reasons=flush,
-            workers=[self._worker(*w) for w in workers],
+            workers=self._workers(workers),
             worker_restarts=restarts,
             recent_errors=[text for _, text in errors],
             recent_errors_final=[final for final, _ in errors],
         )
+
+    def _workers(self, workers: Iterable[tuple[int, int, str, int, bool]]) -> list[WorkerStats]:
+        out = [self._worker(*w) for w in workers]
+        # Forget exited workers: a pool that replaces workers for days must not
+        # keep a psutil handle (and its cached numbers) for each one it ever had.
+        live = {w.pid for w in out}
+        for pid in [pid for pid in self._procs if pid not in live]:
+            del self._procs[pid]
+        return out
 
     def _worker(self, wid: int, pid: int, state: str, jobs: int, is_process: bool) -> WorkerStats:
         if not is_process or pid == os.getpid():

@@ -387,3 +387,32 @@ def find_leaks(baseline: LeakBaseline, timeout: float = LEAK_DEADLINE) -> list[s
     if stray_shm:
         leaks.append(f"/dev/shm segments outlived the test: {stray_shm}")
     return leaks
+
+
+class ReduceRaises:
+    """An argument whose pickling raises a BaseException that is not an Exception."""
+
+    def __init__(self, exc_type: type[BaseException]) -> None:
+        self.exc_type = exc_type
+
+    def __reduce__(self) -> Any:
+        raise self.exc_type("raised by __reduce__")
+
+
+def wait_for_barrier(barrier: Any) -> int:
+    """A thread-backend job that returns only once ``barrier``'s parties all arrived."""
+    return int(barrier.wait())
+
+
+@_batched
+def item_lists(items: list[Any]) -> list[Any]:
+    """Each item's result is the list the batch function was called with."""
+    return [list(items) for _ in items]
+
+
+def gate_job(started: str, release: str, seconds: float) -> str:
+    """Say it started (a file), then hold its worker until ``release`` exists (or ``seconds`` pass)."""
+    with open(started, "w"):
+        pass
+    wait_for_path(release, seconds)
+    return "gate"
