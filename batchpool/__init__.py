@@ -1,7 +1,9 @@
 """batchpool: a micro-batching ``concurrent.futures`` executor.
 
 Public names only; each is re-exported explicitly. Worker processes import this
-package too, so nothing heavy (rich, the dashboard) is imported here.
+package too, so only light modules load here: the executor (and with it the
+batcher, the backends, metrics), the dashboard (rich), the journal and runs
+(sqlite3) load on first use, through ``__getattr__`` (a worker never uses them).
 
 Example:
     >>> from batchpool import BatchPoolExecutor
@@ -32,23 +34,23 @@ from .errors import RunFinishedError as RunFinishedError
 from .errors import ShutdownError as ShutdownError
 from .errors import TransportError as TransportError
 from .errors import WorkerCrashedError as WorkerCrashedError
-from .executor import BatchPoolExecutor as BatchPoolExecutor
-from .executor import ExecutorView as ExecutorView
 from .jobs import JobInfo as JobInfo
 from .jobs import batched as batched
 from .jobs import job_info as job_info
-from .metrics import Stats as Stats
 from .options import Priority as Priority
 from .retry import CircuitBreaker as CircuitBreaker
 from .retry import CircuitOpenError as CircuitOpenError
 from .retry import RetryPolicy as RetryPolicy
 
 if TYPE_CHECKING:  # loaded on first use (see __getattr__); typed like any other name
+    from .executor import BatchPoolExecutor as BatchPoolExecutor
     from .journal_report import Journal as Journal
+    from .metrics import Stats as Stats
     from .run_store import RunStore as RunStore
     from .runs import Run as Run
     from .runs import RunProgress as RunProgress
     from .runs import live_runs as live_runs
+    from .views import ExecutorView as ExecutorView
 
 __all__ = [
     "BatchPoolError",
@@ -94,25 +96,28 @@ __all__ = [
 __version__ = "0.1.0"
 
 
+_LAZY = {
+    "BatchPoolExecutor": "executor",
+    "ExecutorView": "views",
+    "Stats": "metrics",
+    "Journal": "journal_report",
+    "Run": "runs",
+    "RunProgress": "runs",
+    "live_runs": "runs",
+    "RunStore": "run_store",
+}
+
+
 def __getattr__(name: str) -> object:
-    # The dashboard imports rich; workers import this package and must not pay
-    # for it, so these names load on first use.
+    # Workers import this package and must not pay for the parent's machinery
+    # (or rich, or sqlite3), so these names load on first use.
+    module = _LAZY.get(name)
+    if module is not None:
+        import importlib
+
+        return getattr(importlib.import_module(f".{module}", __name__), name)
     if name in ("Dashboard", "progress", "serve_metrics"):
         from . import dashboard
 
         return getattr(dashboard, name)
-    if name == "Journal":
-        # sqlite3 is only needed by journaled pools and readers: loaded on use.
-        from .journal_report import Journal
-
-        return Journal
-    # Runs (and sqlite3, for their store) are parent-side only: workers never load them.
-    if name in ("Run", "RunProgress", "live_runs"):
-        from . import runs
-
-        return getattr(runs, name)
-    if name == "RunStore":
-        from .run_store import RunStore
-
-        return RunStore
     raise AttributeError(f"module 'batchpool' has no attribute {name!r}")

@@ -184,7 +184,10 @@ def test_shutdown_deadline_stops_running_work() -> None:
     assert all(f.done() for f in queued)
 
 
-def test_chaos_every_future_resolves_under_random_sigkills(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "jobs", [pytest.param(5_000, id="short"), pytest.param(50_000, id="long", marks=pytest.mark.stress)]
+)
+def test_chaos_every_future_resolves_under_random_sigkills(tmp_path: Path, jobs: int) -> None:
     log = tmp_path / "runs"
     policy = RetryPolicy(max_attempts=50, backoff=0.001, max_backoff=0.05)
     stop = threading.Event()
@@ -193,7 +196,7 @@ def test_chaos_every_future_resolves_under_random_sigkills(tmp_path: Path) -> No
     def killer(ex: BatchPoolExecutor) -> None:
         nonlocal kills
         rng = random.Random(1)
-        while not stop.wait(0.05):
+        while not stop.wait(0.03):
             workers = list(ex._processes.values())
             if workers:
                 try:
@@ -202,7 +205,6 @@ def test_chaos_every_future_resolves_under_random_sigkills(tmp_path: Path) -> No
                 except (ProcessLookupError, ValueError):
                     pass
 
-    jobs = 50_000
     with BatchPoolExecutor(max_workers=2, retry=policy) as ex:
         thread = threading.Thread(target=killer, args=(ex,))
         thread.start()
@@ -263,3 +265,51 @@ def test_shutdown_while_workers_are_crashing_does_not_hang() -> None:
         with pytest.raises(WorkerCrashedError):
             f.result(0)
     assert [f.result(0) for f in fine] == list(range(1, 51))
+
+
+_SUBMIT_LOOP = textwrap.dedent(
+    """
+    import sys
+    from batchpool import BatchPoolExecutor
+    from tests import helpers
+
+    if __name__ == "__main__":
+        ex = BatchPoolExecutor(max_workers=2, backend=sys.argv[1])
+        ex.install_signal_handlers(timeout=20)
+        futures = []
+        print("ready", flush=True)
+        try:
+            while True:
+                futures.append(ex.submit(helpers.add_one, len(futures)))
+        except RuntimeError:
+            pass  # refused once the signal came: the drain has begun
+        finally:
+            assert [f.result(30) for f in futures] == list(range(1, len(futures) + 1))
+            print("done", len(futures), flush=True)
+    """
+)
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+@pytest.mark.parametrize(
+    "run", [pytest.param(0, id="once")] + [pytest.param(i, id=f"run{i}", marks=pytest.mark.stress) for i in range(1, 20)]
+)
+def test_sigterm_at_a_random_moment_of_a_submit_loop_drains_and_exits_zero(backend: str, run: int) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SUBMIT_LOOP, backend],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=os.getcwd(),
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(random.Random(run).uniform(0.0, 0.3))  # the random moment, not a synchronisation
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert out.startswith("done "), out + err
+    finally:
+        proc.kill()
+        proc.wait(TIMEOUT)

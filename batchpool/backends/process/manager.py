@@ -52,7 +52,7 @@ from ...transport.base import Message
 from ...worker import open_buffers
 from ..base import Backend, logger
 from .payload import encode
-from .workers import STOP_GRACE, Worker, close_worker, start_worker, stop_workers
+from .workers import STOP_GRACE, Worker, close_worker, preload_in_forkserver, start_worker, stop_workers
 
 __all__ = ["PREFETCH", "ProcessBackend"]
 
@@ -140,6 +140,7 @@ class ProcessBackend(Backend):
                 shm.cleanup_orphans()  # left by pools whose parent was killed
             self._selector = selectors.DefaultSelector()
             self._selector.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
+            preload_in_forkserver(self._ctx)
             # The first worker (with fork: every worker) starts here, in the
             # submitting thread, as with ProcessPoolExecutor. For fork this is
             # a matter of safety: a fork from a threaded process can inherit a
