@@ -13,8 +13,18 @@ import pytest
 
 from batchpool import BatchPoolExecutor
 
+def _process(method: str, transport: str = "shm") -> Callable[..., Executor]:
+    context = multiprocessing.get_context(method)
+    return lambda **kw: BatchPoolExecutor(backend="process", mp_context=context, transport=transport, **kw)
+
+
+# The axis of CPython's create_executor_tests: each backend, each start method
+# (forkserver is the default, so "batchpool-process" covers it) and each transport.
 FACTORIES: dict[str, Callable[..., Executor]] = {
     "batchpool-process": lambda **kw: BatchPoolExecutor(backend="process", **kw),
+    "batchpool-process-fork": _process("fork"),
+    "batchpool-process-spawn": _process("spawn"),
+    "batchpool-process-pipe": _process("forkserver", "pipe"),
     "batchpool-thread": lambda **kw: BatchPoolExecutor(backend="thread", **kw),
     "stdlib-process": lambda **kw: ProcessPoolExecutor(mp_context=multiprocessing.get_context("forkserver"), **kw),
     "stdlib-thread": lambda **kw: ThreadPoolExecutor(**kw),
