@@ -370,7 +370,10 @@ class BatchPoolExecutor(StdlibCompat, Executor):
             workers=self._state.target_workers,
             max_pending=self._max_pending,
             opts=opts,
-            per_item=effective.timeout is not None or effective.retry is not None,
+            # Retries work item by item inside chunks, and worker processes stop
+            # an item past its time limit themselves; a thread cannot be
+            # stopped, so there an item with a time limit travels alone.
+            per_item=effective.timeout is not None and self._config.backend == "thread",
         )
 
     # -- lifecycle ------------------------------------------------------------------

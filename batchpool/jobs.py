@@ -40,6 +40,7 @@ __all__ = [
     "JobInfo",
     "batched",
     "is_batched",
+    "items_of",
     "job_info",
     "rebuild_exception",
 ]
@@ -86,6 +87,17 @@ class Job:
         self.started = False  # its Future is RUNNING (retries skip that step)
         self.breaker: Any = None  # the key's CircuitBreaker, told the final outcome
         self.t_submit = time.monotonic()
+
+
+def items_of(job: Job) -> int:
+    """How many of the user's items a job carries (a ``map`` chunk carries several).
+
+    Example:
+        >>> from concurrent.futures import Future
+        >>> items_of(Job(abs, ([1, 2, 3],), None, Future(), CHUNKS1))
+        3
+    """
+    return len(job.args[0]) if job.kind in CHUNK_KINDS else 1
 
 
 class Batch:

@@ -29,12 +29,13 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import InvalidStateError
+from concurrent.futures import Future, InvalidStateError
+from functools import partial
 from typing import Any, Protocol
 
 from .batching import Batcher
 from .errors import JobTimeoutError
-from .jobs import CHUNK_KINDS, Batch, Job
+from .jobs import CHUNK_KINDS, Batch, ChunkResult, Job
 from .metrics import Metrics
 
 __all__ = ["Ledger", "LedgerObserver"]
@@ -154,14 +155,17 @@ class Ledger:
 
     def succeed(self, job: Job, value: Any, attempt: int | None = None) -> bool:
         """Settle ``job`` with ``value``; False if it was settled (or given up on) already."""
-        if self._succeed(job, value, attempt):
-            self.metrics.results(1)
-            return True
-        return False
+        ok = self._succeed(job, value, attempt)
+        if ok:
+            self.metrics.results(ok)
+        return ok > 0
 
     def _succeed(self, job: Job, value: Any, attempt: int | None) -> int:
+        """Settle; how many of the user's items completed (a map chunk counts its items)."""
         if attempt is not None and attempt != job.attempt:
             return 0  # a late result of an attempt already given up on
+        if value.__class__ is ChunkResult and value.errors and self._retry_chunk_items(job, value):
+            return len(value.values) - len(value.errors)  # these are final; the rest come back later
         try:
             job.future.set_result(value)
         except InvalidStateError:
@@ -170,7 +174,50 @@ class Ledger:
             job.breaker.record(True)
         if self.observers:
             self._tell("job_done", job, value)
+        if job.kind in CHUNK_KINDS and isinstance(value, ChunkResult):
+            # Stats count what the user sees: a chunk's items, not the chunk.
+            if value.errors:
+                self.metrics.jobs_failed(len(value.errors), next(iter(value.errors.values())))
+            return len(value.values) - len(value.errors)
         return 1
+
+    def _retry_chunk_items(self, job: Job, chunk: ChunkResult) -> bool:
+        """Send a map chunk's retryable failed items again, as a chunk of their own.
+
+        The chunk's Future stays RUNNING until the retry is back; then the
+        outcomes are merged in, item by item, and it settles. Returns False
+        when no item may be retried (the chunk settles as it is).
+        """
+        policy = job.opts.retry
+        if policy is None:
+            return False
+        again = [i for i, exc in chunk.errors.items() if policy.should_retry(exc, attempt=job.attempt)]
+        if not again:
+            return False
+        items = job.args[0]
+        retry = Job(job.fn, ([items[i] for i in again],), None, Future(), job.kind, job.opts)
+        retry.attempt = job.attempt + 1
+        retry.started = True  # an internal job: its Future never shows RUNNING to anyone
+        retry.future.add_done_callback(partial(self._merge_chunk, job, chunk, again))
+        self.metrics.job_failed(job.id, chunk.errors[again[0]], final=False)
+        self.batcher.put_delayed(retry, policy.delay(job.attempt))
+        return True
+
+    def _merge_chunk(self, job: Job, chunk: ChunkResult, again: list[int], done: Future[Any]) -> None:
+        try:
+            retried: ChunkResult = done.result()
+        except BaseException as exc:  # noqa: BLE001 - the retry chunk failed whole (crash, shutdown)
+            retried = ChunkResult([None] * len(again), dict.fromkeys(range(len(again)), exc))
+        for k, i in enumerate(again):
+            chunk.values[i] = retried.values[k]
+            if k in retried.errors:
+                chunk.errors[i] = retried.errors[k]
+            else:
+                del chunk.errors[i]
+        try:
+            job.future.set_result(chunk)  # its items were counted as they settled
+        except InvalidStateError:
+            pass
 
     def fail(self, job: Job, exc: BaseException, *, charge: bool = True, attempt: int | None = None) -> None:
         """A run of ``job`` failed with ``exc``: retry it if its policy allows, else fail it.
@@ -255,8 +302,3 @@ class Ledger:
                 getattr(observer, event)(*args)
             except Exception:
                 logger.exception("batchpool: ledger observer %r failed on %s", observer, event)
-
-
-def items_of(job: Job) -> int:
-    """How many of the user's items a job carries (a ``map`` chunk carries several)."""
-    return len(job.args[0]) if job.kind in CHUNK_KINDS else 1

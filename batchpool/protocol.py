@@ -6,7 +6,7 @@ cluster) speaks it, and a worker imports nothing heavier.
 
 Messages, parent -> worker (one message each)::
 
-    B  header(batch id, kind, len(fn)) + pickled callable + framed pickled calls
+    B  header(batch id, kind, len(fn), item time limit) + pickled callable + framed pickled calls
     D  pickled block ids: arena blocks the parent let go; unmap them
     Q  stop after the current batch
 
@@ -55,6 +55,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "YIELDED",
     "Outcome",
+    "batch_item_timeout",
     "decode_batch_header",
     "decode_outcome",
     "decode_skipped",
@@ -80,7 +81,7 @@ MSG_INIT_FAILED = b"I"
 FINAL = 1  # the batch's last outcome message
 YIELDED = 2  # the worker gave the rest of the batch back unstarted
 
-_BATCH_HEADER = struct.Struct("<cQBI")
+_BATCH_HEADER = struct.Struct("<cQBId")
 _OUTCOME_HEADER = struct.Struct("<cQIIBd")
 _SKIPPED_HEADER = struct.Struct("<cQ")
 
@@ -98,21 +99,38 @@ OpenBuffers = Callable[[list[tuple[int, int, int, str]]], list[Any]]
 # -- batches ------------------------------------------------------------------------
 
 
-def encode_batch(batch_id: int, kind: int, fn_blob: bytes, oob_header: bytes, calls_blob: bytes) -> tuple[bytes, ...]:
+def encode_batch(
+    batch_id: int,
+    kind: int,
+    fn_blob: bytes,
+    oob_header: bytes,
+    calls_blob: bytes,
+    item_timeout: float | None = None,
+) -> tuple[bytes, ...]:
     """One batch for the wire, as the parts of one message (callable and calls already pickled).
 
+    ``item_timeout`` is the time limit of each item of a ``map`` chunk, which
+    the worker enforces itself (None: no limit).
+
     Example:
-        >>> parts = encode_batch(7, 0, b"fn", b"", b"calls")
-        >>> decode_batch_header(b"".join(parts))[:3]
-        (7, 0, 2)
+        >>> parts = encode_batch(7, 0, b"fn", b"", b"calls", 2.5)
+        >>> decode_batch_header(b"".join(parts))[:3], batch_item_timeout(b"".join(parts))
+        ((7, 0, 2), 2.5)
     """
-    return (_BATCH_HEADER.pack(MSG_BATCH, batch_id, kind, len(fn_blob)), fn_blob, oob_header, calls_blob)
+    header = _BATCH_HEADER.pack(MSG_BATCH, batch_id, kind, len(fn_blob), item_timeout or 0.0)
+    return (header, fn_blob, oob_header, calls_blob)
 
 
 def decode_batch_header(message: bytes | bytearray | memoryview) -> tuple[int, int, int, int]:
     """Batch id, kind, length of the pickled callable, and where it starts."""
-    _, batch_id, kind, fn_len = _BATCH_HEADER.unpack_from(message)
+    _, batch_id, kind, fn_len, _ = _BATCH_HEADER.unpack_from(message)
     return batch_id, kind, fn_len, _BATCH_HEADER.size
+
+
+def batch_item_timeout(message: bytes | bytearray | memoryview) -> float | None:
+    """The time limit of each item of a ``map`` chunk batch (None: no limit)."""
+    limit = float(_BATCH_HEADER.unpack_from(message)[4])
+    return limit if limit > 0 else None
 
 
 def encode_skipped(batch_id: int) -> bytes:

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import protocol, serialization
-from .jobs import BATCHED_KINDS, ExceptionWithTraceback
+from .errors import JobTimeoutError
+from .jobs import BATCHED_KINDS, CHUNK_KINDS, CHUNKS, ChunkResult, ExceptionWithTraceback
 from .protocol import FINAL, YIELDED
 from .runner import run_batch, run_one
 from .transport import shm
@@ -131,11 +132,68 @@ def _outcome(batch_id: int, start: int, outcomes: list[Any], run_time: float, fl
     return protocol.encode_outcome(batch_id, start, outcomes, run_time, flags, store, _threshold)
 
 
+class _ItemClock:
+    """The time limit of the map item running now, enforced with SIGALRM.
+
+    One timer per chunk, not per item (two syscalls an item would cost more
+    than the items): when it fires, the handler compares the running item's
+    age with the limit, and either raises ``JobTimeoutError`` inside it or
+    sets the timer again for the rest of that item's time.
+    """
+
+    limit = 0.0
+    started = 0.0
+    running = False
+
+
+def _on_alarm(signum: int, frame: object) -> None:
+    if not _ItemClock.running:
+        return
+    left = _ItemClock.started + _ItemClock.limit - time.monotonic()
+    if left <= 0:
+        _ItemClock.running = False
+        raise JobTimeoutError(_ItemClock.limit)
+    signal.setitimer(signal.ITIMER_REAL, left)
+
+
+def _run_chunk_timed(fn: Callable[..., Any], items: list[Any], star: bool, limit: float) -> Any:
+    """``runner.run_chunk`` with a time limit on each item (worker main thread only)."""
+    values: list[Any] = []
+    errors: dict[int, Any] = {}
+    _ItemClock.limit = limit
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, limit)
+    try:
+        for i, item in enumerate(items):
+            try:
+                _ItemClock.started = time.monotonic()
+                _ItemClock.running = True
+                values.append(fn(*item) if star else fn(item))
+                _ItemClock.running = False
+            except BaseException as exc:  # noqa: BLE001 - reported on that item, a timeout included
+                _ItemClock.running = False
+                values.append(None)
+                errors[i] = ExceptionWithTraceback(exc)
+    finally:
+        _ItemClock.running = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+    return ChunkResult(values, errors)
+
+
 def _run(
-    channel: Any, control: Control | None, batch_id: int, kind: int, fn: Callable[..., Any], calls: list[Any]
+    channel: Any,
+    control: Control | None,
+    batch_id: int,
+    kind: int,
+    fn: Callable[..., Any],
+    calls: list[Any],
+    item_timeout: float | None = None,
 ) -> tuple[tuple[bytes, ...], int]:
     """Run a batch, streaming partial outcomes; the final outcome (unsent) and jobs run."""
     t0 = time.perf_counter()
+    if item_timeout is not None and kind in CHUNK_KINDS:
+        outcomes = [(True, _run_chunk_timed(fn, args[0], kind == CHUNKS, item_timeout)) for args, _ in calls]
+        return _outcome(batch_id, 0, outcomes, time.perf_counter() - t0, FINAL), len(calls)
     if kind in BATCHED_KINDS:
         outcomes = run_batch(fn, kind, calls, ExceptionWithTraceback)
         return _outcome(batch_id, 0, outcomes, time.perf_counter() - t0, FINAL), len(calls)
@@ -166,6 +224,7 @@ def _run(
 
 def _handle_batch(channel: Any, control: Control | None, message: bytes | bytearray | memoryview) -> int:
     batch_id, kind, fn_len, start = protocol.decode_batch_header(message)
+    item_timeout = protocol.batch_item_timeout(message)
     if control is not None and not control.claim():
         channel.send(protocol.encode_skipped(batch_id))  # the parent took it back
         return 0
@@ -184,7 +243,7 @@ def _handle_batch(channel: Any, control: Control | None, message: bytes | bytear
         channel.send(protocol.MSG_SPLIT + serialization.dumps((batch_id, error, False)))
         return 0
     del view, message
-    final, count = _run(channel, control, batch_id, kind, fn, calls)
+    final, count = _run(channel, control, batch_id, kind, fn, calls, item_timeout)
     del calls  # the arguments, and with them the views of the blocks they came in
     _report_pinned(channel, lent)
     channel.send(*final)

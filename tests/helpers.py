@@ -416,3 +416,20 @@ def gate_job(started: str, release: str, seconds: float) -> str:
         pass
     wait_for_path(release, seconds)
     return "gate"
+
+
+def slow_at(x: int, slow: int, seconds: float) -> int:
+    """Return ``x``; item ``slow`` first sleeps ``seconds`` (a map item past its time limit)."""
+    if x == slow:
+        time.sleep(seconds)
+    return x
+
+
+def fail_once_at(path_prefix: str, x: int, every: int) -> int:
+    """Raise ConnectionError the first time for multiples of ``every`` (a file remembers)."""
+    marker = f"{path_prefix}-{x}"
+    if x % every == 0 and not os.path.exists(marker):
+        with open(marker, "w"):
+            pass
+        raise ConnectionError(f"item {x} failed once")
+    return x

@@ -41,7 +41,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from ..jobs import BATCHED_KINDS, Batch, Job
+from ..jobs import BATCHED_KINDS, Batch, Job, items_of
 from ..options import Priority
 from ..state import Phase, PoolState
 
@@ -151,7 +151,7 @@ class Batcher:
         self._seq = itertools.count()
         self._estimates: OrderedDict[Hashable, float] = OrderedDict()
         self._pending = 0  # queued jobs, delayed ones included
-        self.submitted = 0  # jobs ever accepted by put()
+        self.submitted = 0  # the user's jobs ever accepted by put() (a map chunk counts its items)
         self._waiters = 0  # threads blocked in take_wait(); read without the lock
         self._space_waiters = 0
         self._last_realtime = -REALTIME_WINDOW * 2
@@ -200,7 +200,7 @@ class Batcher:
                 if refusal is not None:
                     raise refusal
             self._queue_locked(key, job)
-            self.submitted += 1
+            self.submitted += items_of(job)
             return True
 
     def put_delayed(self, job: Job, delay: float) -> None:

@@ -42,7 +42,7 @@ from typing import Any
 from ... import protocol, serialization
 from ...batching import Batcher
 from ...errors import JobTimeoutError, TransportError, WorkerCrashedError, describe_exit
-from ...jobs import Batch
+from ...jobs import CHUNK_KINDS, Batch, items_of
 from ...ledger import Ledger
 from ...metrics import Metrics
 from ...options import PoolConfig
@@ -62,6 +62,8 @@ PREFETCH = 2
 #: An idle worker takes work back from a busy one only behind a batch that
 #: has run this long (shorter ones end before the move would pay).
 REBALANCE_AFTER = 0.01
+#: Slack on top of a timed map chunk's item limits before its worker is killed.
+CHUNK_GRACE = 1.0
 
 _WAKE, _RESULT, _SENTINEL, _WRITE = range(4)
 _pool_ids = itertools.count()
@@ -248,7 +250,7 @@ class ProcessBackend(Backend):
                 continue  # finished in time, or its worker died anyway
             batch = worker.inflight.pop(batch_id)
             worker.timed = None
-            timeout = batch.jobs[0].opts.timeout
+            timeout = batch.jobs[0].opts.timeout if batch.kind not in CHUNK_KINDS else None
             # The only way to stop a running call for real: its process goes.
             # Nothing else runs there (timed jobs go alone, with no prefetch).
             worker.killed = f"job {batch.jobs[0].id} ran over its {timeout} s timeout"
@@ -381,6 +383,10 @@ class ProcessBackend(Backend):
         worker.sent += len(batch.jobs)
         timeout = batch.jobs[0].opts.timeout
         if timeout is not None:
+            if batch.kind in CHUNK_KINDS:
+                # The worker stops an item past its limit itself; this kill is
+                # the backstop for one stuck where no signal reaches it.
+                timeout = timeout * sum(items_of(job) for job in batch.jobs) + CHUNK_GRACE
             worker.timed = batch.id
             heapq.heappush(self._deadlines, (time.monotonic() + timeout, batch.id, worker.id))
         if worker.control is not None:

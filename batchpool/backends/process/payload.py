@@ -12,7 +12,7 @@ from collections import deque
 from typing import Protocol
 
 from ... import protocol, serialization
-from ...jobs import Batch, Job
+from ...jobs import CHUNK_KINDS, Batch, Job
 from ...options import OOB_THRESHOLD
 from ...transport import shm
 from ..base import logger
@@ -67,4 +67,5 @@ def encode(batch: Batch, arena: shm.Arena | None, ledger: _Failer, resend: deque
             name = "" if block.shown else block.name
             block.shown = True
             refs = [(block.id, offset, buf.nbytes, name) for buf, offset in zip(big, offsets, strict=True)]
-    return protocol.encode_batch(batch.id, batch.kind, fn_blob, serialization.oob_header(refs), calls_blob)
+    timeout = batch.jobs[0].opts.timeout if batch.kind in CHUNK_KINDS else None
+    return protocol.encode_batch(batch.id, batch.kind, fn_blob, serialization.oob_header(refs), calls_blob, timeout)
