@@ -33,6 +33,7 @@ from .backends import load_backend
 from .batching import Batcher
 from .compat import StdlibCompat
 from .errors import QueueFullError, ShutdownError
+from .futures import LightFuture
 from .jobs import BATCHED, BATCHED_BISECT, CALLS, Batch, Job, is_batched
 from .ledger import Ledger
 from .lifecycle import WeakStats, register_backend, register_signals, shutdown_unreferenced
@@ -250,7 +251,7 @@ class BatchPoolExecutor(StdlibCompat, Executor):
                     f"got {len(args)} positional and {len(kwargs or ())} keyword arguments"
                 )
             kind = BATCHED_BISECT if opts.retry is not None else BATCHED
-        future: Future[Any] = Future()
+        future: Future[Any] = LightFuture()  # no Condition until someone waits (futures.py)
         job = Job(fn, args, kwargs, future, kind, opts)
         if self._breakers and not self._admit(job):
             return future
