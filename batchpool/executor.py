@@ -33,6 +33,7 @@ from .backends import load_backend
 from .batching import Batcher
 from .compat import StdlibCompat
 from .errors import QueueFullError, ShutdownError
+from .futures import LightFuture
 from .jobs import BATCHED, BATCHED_BISECT, CALLS, Batch, Job, is_batched
 from .ledger import Ledger
 from .lifecycle import WeakStats, register_backend, register_signals, shutdown_unreferenced
@@ -250,7 +251,7 @@ class BatchPoolExecutor(StdlibCompat, Executor):
                     f"got {len(args)} positional and {len(kwargs or ())} keyword arguments"
                 )
             kind = BATCHED_BISECT if opts.retry is not None else BATCHED
-        future: Future[Any] = Future()
+        future: Future[Any] = LightFuture()  # no Condition until someone waits (futures.py)
         job = Job(fn, args, kwargs, future, kind, opts)
         if self._breakers and not self._admit(job):
             return future
@@ -375,6 +376,46 @@ class BatchPoolExecutor(StdlibCompat, Executor):
             # stopped, so there an item with a time limit travels alone.
             per_item=effective.timeout is not None and self._config.backend == "thread",
         )
+
+    def empty(self, shape: Any, dtype: Any = float, order: str = "C") -> Any:
+        """A numpy array in the pool's shared memory (uninitialised), for jobs to read and write without a copy.
+
+        Passing it, or a view or slice of it, to a job sends a handle, not the
+        data, also to workers started later; what a worker writes, the parent
+        sees (the explicit way to share writes). Results of computations on it
+        are ordinary arrays. It stays valid after ``shutdown()`` (from then on
+        it travels by value). With the thread backend, a plain array. Details:
+        ``batchpool.shared``.
+
+        Raises:
+            ImportError: numpy is not installed (``pip install batchpool[numpy]``).
+            TypeError, ValueError: a bad ``shape``, ``dtype`` or ``order``.
+            RuntimeError: the pool is shut down.
+
+        Example:
+            >>> import numpy as np
+            >>> from concurrent.futures import wait
+            >>> with BatchPoolExecutor(max_workers=2) as ex:
+            ...     out = ex.empty(4)
+            ...     _ = wait([ex.submit(np.copyto, out[i:i + 1], i) for i in range(4)], timeout=30)
+            >>> out  # filled by the workers
+            SharedArray([0., 1., 2., 3.])
+        """
+        from .shared import empty
+
+        return empty(self._backend, shape, dtype, order)
+
+    def zeros(self, shape: Any, dtype: Any = float, order: str = "C") -> Any:
+        """Like ``empty``, filled with zeros.
+
+        Example:
+            >>> with BatchPoolExecutor(backend="thread") as ex:
+            ...     ex.zeros((2, 2), dtype="int32").tolist()
+            [[0, 0], [0, 0]]
+        """
+        from .shared import zeros
+
+        return zeros(self._backend, shape, dtype, order)
 
     # -- lifecycle ------------------------------------------------------------------
 

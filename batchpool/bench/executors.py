@@ -159,6 +159,8 @@ def journal_missing() -> str:
 
 EXECUTORS: dict[str, Pool] = {
     "batchpool-process": Pool(lambda n, kw: BatchPoolExecutor(n, **kw)),
+    # The process pool, given arrays made with ex.empty() where a workload makes arrays.
+    "batchpool+empty": Pool(lambda n, kw: BatchPoolExecutor(n, **kw)),
     "batchpool-pipe": Pool(lambda n, kw: BatchPoolExecutor(n, transport="pipe", **kw)),
     "batchpool-thread": Pool(lambda n, kw: BatchPoolExecutor(n, backend="thread", **kw)),
     "batchpool+dashboard": Pool(_with_dashboard),

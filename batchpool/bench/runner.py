@@ -171,6 +171,7 @@ WORKLOADS: dict[str, Workload] = {
         m.numpy,
         (
             "batchpool-process",
+            "batchpool+empty",
             "batchpool-pipe",
             "batchpool-thread",
             "ThreadPoolExecutor",

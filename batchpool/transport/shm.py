@@ -100,6 +100,8 @@ __all__ = [
     "available",
     "cleanup_orphans",
     "cleanup_prefix",
+    "create_shared",
+    "map_shared",
     "open_segment",
     "owner_alive",
     "parse_name",
@@ -226,8 +228,8 @@ def _ours(st: os.stat_result) -> bool:
     return stat.S_ISREG(st.st_mode) and st.st_uid == os.geteuid()
 
 
-def _open_own(name: str) -> tuple[int, os.stat_result]:
-    """Open segment ``name`` for reading if it is ours: (descriptor, its fstat).
+def _open_own(name: str, flags: int = _OPEN_FLAGS) -> tuple[int, os.stat_result]:
+    """Open segment ``name`` (for reading, unless ``flags`` say otherwise) if it is ours: (descriptor, its fstat).
 
     Raises:
         OSError: the name is not one of ours, or the entry is not a regular
@@ -241,7 +243,7 @@ def _open_own(name: str) -> tuple[int, os.stat_result]:
     before = os.lstat(path)
     if not _ours(before):
         raise PermissionError(errno.EPERM, f"not a segment of ours (a regular file of uid {os.geteuid()})", path)
-    fd = os.open(path, _OPEN_FLAGS)
+    fd = os.open(path, flags)
     try:
         # The same entry still: /dev/shm is sticky, so nobody but us (or root)
         # can have swapped an entry we own in between, but say so for sure.
@@ -577,6 +579,60 @@ def open_segment(name: str, size: int) -> memoryview:
         os.close(fd)
         _remove(name)
     return memoryview(region)[:size]
+
+
+def create_shared(prefix: str, size: int) -> tuple[str, mmap.mmap]:
+    """A new zero-filled segment of ``size`` bytes, mapped read-write and shared: (name, mapping).
+
+    Unlike every other segment here, its name stays until someone unlinks it
+    (``unlink``, or the sweeps): processes that start later open it by name
+    (``map_shared``). The mapping stays valid after the name is gone.
+
+    Raises:
+        ValueError: ``prefix`` is not a pool's prefix.
+        OSError: no segment could be made (``/dev/shm`` full, names taken).
+
+    Example:
+        >>> name, region = create_shared(pool_prefix("doc"), 8)
+        >>> region[:2] = b"hi"
+        >>> bytes(map_shared(name, 8)[:2]), unlink(name)
+        (b'hi', True)
+    """
+    name, fd = _create(_check_prefix(prefix))
+    try:
+        os.ftruncate(fd, max(size, 1))  # mmap cannot map an empty file
+        region = mmap.mmap(fd, max(size, 1), **_NO_FD)  # MAP_SHARED, read-write
+    except BaseException:
+        os.close(fd)
+        _remove(name)
+        raise
+    os.close(fd)
+    return name, region
+
+
+def map_shared(name: str, size: int) -> mmap.mmap:
+    """Map segment ``name`` (made by ``create_shared``) read-write and shared; its name stays.
+
+    The pages are mapped up front (``MAP_POPULATE``): one system call instead
+    of a page fault per 4 KiB on first touch.
+
+    Raises:
+        OSError: ``name`` is not a segment of ours (see ``open_segment``), it
+            is shorter than ``size``, or it is gone.
+    """
+    fd, st = _open_own(name, os.O_RDWR | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+    try:
+        if st.st_size < max(size, 1):
+            raise OSError(errno.EINVAL, f"segment is {st.st_size} bytes, shorter than {size}", name)
+        return mmap.mmap(
+            fd,
+            max(size, 1),
+            flags=mmap.MAP_SHARED | _POPULATE,
+            prot=mmap.PROT_READ | mmap.PROT_WRITE,
+            **_NO_FD,
+        )
+    finally:
+        os.close(fd)
 
 
 def unlink(name: str) -> bool:

@@ -83,6 +83,11 @@ class ProcessBackend(Backend):
         if config.transport == "shm" and shm.available() and ring.available():
             self._shm_prefix = shm.pool_prefix(f"{next(_pool_ids)}")
             self._transport = ring.RingTransport()
+        #: The name prefix of this pool's shared arrays (``shared.py``), swept
+        #: with the pool: the shm transport's, or one of their own with pipes.
+        self.shared_prefix = self._shm_prefix
+        if self.shared_prefix is None and shm.available():
+            self.shared_prefix = shm.pool_prefix(f"{next(_pool_ids)}")
         self._workers: dict[int, Worker] = {}
         self._resend: deque[Batch] = deque()
         self._manager: threading.Thread | None = None
@@ -138,7 +143,7 @@ class ProcessBackend(Backend):
             self._wake_r, self._wake_w = os.pipe()
             os.set_blocking(self._wake_r, False)
             os.set_blocking(self._wake_w, False)
-            if self._shm_prefix is not None:
+            if self.shared_prefix is not None:
                 shm.cleanup_orphans()  # left by pools whose parent was killed
             self._selector = selectors.DefaultSelector()
             self._selector.register(self._wake_r, selectors.EVENT_READ, (_WAKE, None))
@@ -164,6 +169,10 @@ class ProcessBackend(Backend):
     def begin_shutdown(self) -> None:
         if self._manager is not None:
             self._wake()
+            return
+        with self._start_lock:
+            if self._manager is None and self.shared_prefix is not None:
+                shm.cleanup_prefix(self.shared_prefix)  # never started: only shared arrays to sweep
 
     def join(self, timeout: float | None = None) -> bool:
         with self._start_lock:  # a start in progress finishes first
@@ -578,10 +587,11 @@ class ProcessBackend(Backend):
         grace = 0.0 if self.state.phase == Phase.ABORTED else STOP_GRACE
         stop_workers(list(self._workers.values()), grace)
         self._workers.clear()
-        if self._shm_prefix is not None:
-            # Results a dead worker wrote but never announced, and anything
-            # else of this pool's: no segment outlives the pool.
-            shm.cleanup_prefix(self._shm_prefix)
+        if self.shared_prefix is not None:
+            # Results a dead worker wrote but never announced, shared arrays'
+            # names, and anything else of this pool's: no segment outlives the
+            # pool (a shared array stays valid: its mapping outlives the name).
+            shm.cleanup_prefix(self.shared_prefix)
         if self._selector is not None:
             self._selector.close()
             self._selector = None
