@@ -44,6 +44,8 @@ from .retry import CircuitOpenError as CircuitOpenError
 from .retry import RetryPolicy as RetryPolicy
 
 if TYPE_CHECKING:  # loaded on first use (see __getattr__); typed like any other name
+    from .dropin import ProcessPoolExecutor as ProcessPoolExecutor
+    from .dropin import ThreadPoolExecutor as ThreadPoolExecutor
     from .journal_report import Journal as Journal
     from .run_store import RunStore as RunStore
     from .runs import Run as Run
@@ -69,6 +71,7 @@ __all__ = [
     "NotAJournalError",
     "PoisonJobError",
     "Priority",
+    "ProcessPoolExecutor",
     "QueueFullError",
     "RemoteError",
     "RemoteTraceback",
@@ -81,6 +84,7 @@ __all__ = [
     "RunStore",
     "ShutdownError",
     "Stats",
+    "ThreadPoolExecutor",
     "TransportError",
     "WorkerCrashedError",
     "Dashboard",
@@ -101,6 +105,11 @@ def __getattr__(name: str) -> object:
         from . import dashboard
 
         return getattr(dashboard, name)
+    if name in ("ThreadPoolExecutor", "ProcessPoolExecutor"):
+        # The standard names: loaded on use, with the standard pools' modules.
+        from . import dropin
+
+        return getattr(dropin, name)
     if name == "Journal":
         # sqlite3 is only needed by journaled pools and readers: loaded on use.
         from .journal_report import Journal
