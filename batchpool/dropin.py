@@ -73,6 +73,9 @@ class ThreadPoolExecutor(BatchPoolExecutor, _std_thread.ThreadPoolExecutor):  # 
         **options: Any,
     ) -> None:
         _refuse("ThreadPoolExecutor", options, _PROCESS_ONLY)
+        if thread_name_prefix == "":
+            # The standard default name, which logs and tests match on.
+            thread_name_prefix = f"ThreadPoolExecutor-{_std_thread.ThreadPoolExecutor._counter()}"  # type: ignore[attr-defined]
         super().__init__(
             max_workers,
             None,

@@ -465,7 +465,10 @@ class ProcessBackend(Backend):
                 cause: BaseException | None = serialization.loads(memoryview(message)[1:])
             except BaseException:  # noqa: BLE001
                 cause = None
-            self._break(
+            # The pool breaks when this worker has exited, as the standard pool
+            # does: by then what the initializer logged through a
+            # multiprocessing queue (a feeder thread) has been flushed.
+            worker.init_failure = (
                 "A process in the process pool was terminated abruptly: "
                 f"its initializer {self.config.initializer!r} raised {cause!r}",
                 cause,
@@ -539,7 +542,9 @@ class ProcessBackend(Backend):
             logger.warning(
                 "worker pid %s %s with %d batches unfinished", worker.pid, describe_exit(exitcode), len(batches)
             )
-        if not worker.ready and exitcode == 1 and not worker.killed and not self.state.stopped:
+        if worker.init_failure is not None:
+            self._break(*worker.init_failure)
+        elif not worker.ready and exitcode == 1 and not worker.killed and not self.state.stopped:
             # It died in multiprocessing's bootstrap, before running anything:
             # every worker started from here would too. Break with the cause.
             self._break(bootstrap_failure(worker.pid, self._ctx))

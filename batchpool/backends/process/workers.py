@@ -43,6 +43,7 @@ class Worker:
         "fns",
         "id",
         "inflight",
+        "init_failure",
         "killed",
         "pid",
         "process",
@@ -75,6 +76,8 @@ class Worker:
         self.retiring = False  # to stop once its batches are done (a shrinking pool)
         self.ready = False  # it said hello: multiprocessing's bootstrap (main module import) is over
         self.fns = FnCacheMirror()  # which callables sent by value it holds
+        # Its initializer raised: the pool's error, and the cause (broken when it has exited).
+        self.init_failure: tuple[str, BaseException | None] | None = None
 
     @property
     def idle(self) -> bool:
