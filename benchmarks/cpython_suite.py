@@ -26,6 +26,8 @@ venv holding batchpool's dependencies::
 from __future__ import annotations
 
 import argparse
+import faulthandler
+import gc
 import json
 import os
 import subprocess
@@ -35,6 +37,7 @@ import tempfile
 import time
 import unittest
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV_FLAG = "BATCHPOOL_CPYTHON_SUITE"
@@ -82,8 +85,62 @@ def _flatten(suite: unittest.TestSuite) -> list[unittest.TestCase]:
     return out
 
 
-def run_one(impl: str, mode: str, pattern: str | None, report: Path) -> None:
-    """In this interpreter: run ``mode``'s tests with ``impl``; write outcomes to ``report``."""
+class _Recorder(unittest.TextTestResult):
+    """Writes each test's outcome as it ends (a hung run still reports what it did)."""
+
+    report: Path
+    timeout: float
+
+    def startTest(self, test: unittest.TestCase) -> None:
+        faulthandler.dump_traceback_later(self.timeout, exit=True)  # a hung test ends the run
+        self._write(test, "start")
+        super().startTest(test)
+
+    def stopTest(self, test: unittest.TestCase) -> None:
+        super().stopTest(test)
+        faulthandler.dump_traceback_later(self.timeout, exit=True)  # a module teardown may hang too
+        # A pool a test dropped without shutdown (kept by a reference cycle)
+        # goes now, not at the module's teardown, which waits for every
+        # process holding the resource tracker's pipe.
+        gc.collect()
+
+    def addSuccess(self, test: unittest.TestCase) -> None:
+        super().addSuccess(test)
+        self._write(test, "ok")
+
+    def addSkip(self, test: unittest.TestCase, reason: str) -> None:
+        super().addSkip(test, reason)
+        self._write(test, "skip")
+
+    def addExpectedFailure(self, test: unittest.TestCase, err: Any) -> None:
+        super().addExpectedFailure(test, err)
+        self._write(test, "ok")
+
+    def addUnexpectedSuccess(self, test: unittest.TestCase) -> None:
+        super().addUnexpectedSuccess(test)
+        self._write(test, "FAIL unexpected success")
+
+    def addFailure(self, test: unittest.TestCase, err: Any) -> None:
+        super().addFailure(test, err)
+        self._write(test, "FAIL " + self.failures[-1][1].strip().splitlines()[-1][:300])
+
+    def addError(self, test: unittest.TestCase, err: Any) -> None:
+        super().addError(test, err)
+        self._write(test, "FAIL " + self.errors[-1][1].strip().splitlines()[-1][:300])
+
+    def addSubTest(self, test: unittest.TestCase, subtest: unittest.TestCase, err: Any) -> None:
+        super().addSubTest(test, subtest, err)
+        if err is not None:
+            self._write(test, "FAIL (subtest) " + str(err[1])[:300])
+
+    def _write(self, test: Any, outcome: str) -> None:
+        name = test.id() if hasattr(test, "id") else str(test)  # module fixtures' _ErrorHolder too
+        with self.report.open("a") as f:
+            f.write(json.dumps([name, outcome]) + "\n")
+
+
+def run_one(impl: str, mode: str, pattern: str | None, report: Path, timeout: float) -> None:
+    """In this interpreter: run ``mode``'s tests with ``impl``; append outcomes to ``report``."""
     if impl == "batchpool":
         substitute()
     import test.test_concurrent_futures as package
@@ -100,17 +157,29 @@ def run_one(impl: str, mode: str, pattern: str | None, report: Path) -> None:
         if (_mode_of(t) == mode or (mode == "thread" and _mode_of(t) == "other"))
         and (pattern is None or pattern in t.id())
     ]
-    suite = unittest.TestSuite(tests)
-    result = unittest.TextTestRunner(stream=sys.stderr, verbosity=1).run(suite)
-    outcomes: dict[str, str] = {t.id(): "ok" for t in tests}
-    for case, _ in result.skipped:
-        outcomes[case.id()] = "skip"
-    for case, trace in result.failures + result.errors:
-        name = case.id() if hasattr(case, "id") else str(case)  # a module or class fixture's _ErrorHolder has id()
-        outcomes[name] = "FAIL " + trace.strip().splitlines()[-1][:300]
-    for case, _ in result.unexpectedSuccesses:
-        outcomes[case.id()] = "FAIL unexpected success"
-    report.write_text(json.dumps(outcomes))
+    _Recorder.report = report
+    _Recorder.timeout = timeout
+    runner = unittest.TextTestRunner(stream=sys.stderr, verbosity=1, resultclass=_Recorder)
+    runner.run(unittest.TestSuite(tests))
+    faulthandler.cancel_dump_traceback_later()
+
+
+def _read_report(report: Path) -> dict[str, str]:
+    outcomes: dict[str, str] = {}
+    running = None
+    if report.exists():
+        for line in report.read_text().splitlines():
+            name, outcome = json.loads(line)
+            if outcome == "start":
+                running = name
+                continue
+            if name == running:
+                running = None
+            if not outcomes.get(name, "").startswith("FAIL"):
+                outcomes[name] = outcome
+    if running is not None:
+        outcomes[running] = "FAIL hung: the run was stopped here"
+    return outcomes
 
 
 def _install_pth() -> Path | None:
@@ -132,11 +201,12 @@ def main() -> int:
     parser.add_argument("--mode", choices=["thread", "process", "all"], default="all")
     parser.add_argument("-k", dest="pattern", help="only tests whose id contains this")
     parser.add_argument("--impl", choices=["batchpool", "stdlib", "both"], default="both")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds one test may take (then the run stops)")
     parser.add_argument("--child", nargs=3, metavar=("IMPL", "MODE", "REPORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         impl, mode, report = args.child
-        run_one(impl, mode, args.pattern, Path(report))
+        run_one(impl, mode, args.pattern, Path(report), args.timeout)
         return 0
     modes = ["thread", "process"] if args.mode == "all" else [args.mode]
     impls = ["stdlib", "batchpool"] if args.impl == "both" else [args.impl]
@@ -152,12 +222,12 @@ def main() -> int:
                     if impl == "batchpool":
                         env[ENV_FLAG] = str(ROOT)
                     env["PYTHONPATH"] = str(ROOT)
-                    cmd = [sys.executable, __file__, "--child", impl, mode, str(report)]
+                    cmd = [sys.executable, __file__, "--child", impl, mode, str(report), "--timeout", str(args.timeout)]
                     if args.pattern:
                         cmd += ["-k", args.pattern]
                     t0 = time.monotonic()
                     subprocess.run(cmd, env=env, check=False)
-                    outcomes = json.loads(report.read_text()) if report.exists() else {}
+                    outcomes = _read_report(report)
                     results[(impl, mode)] = outcomes
                     print(f"{impl} {mode}: {_counts(outcomes)} in {time.monotonic() - t0:.0f} s", flush=True)
     finally:

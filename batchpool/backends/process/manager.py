@@ -29,6 +29,7 @@ tokens), or asks it to give back the unstarted rest of its running batch
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import os
@@ -584,6 +585,11 @@ class ProcessBackend(Backend):
 
     def _shut_down_now(self) -> None:
         """Stop every worker and release everything (the manager's last act)."""
+        # No worker starts after this: let go of the initializer's arguments
+        # now, not when a garbage collection breaks the backend's cycles (a
+        # multiprocessing Queue among them holds named semaphores, which the
+        # standard pool frees at shutdown).
+        self.config = dataclasses.replace(self.config, initializer=None, initargs=())
         if self.state.stopped:
             self._fail_everything(self.state.error or BrokenProcessPool("the pool stopped"))
         grace = 0.0 if self.state.phase == Phase.ABORTED else STOP_GRACE
