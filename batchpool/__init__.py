@@ -43,6 +43,8 @@ from .retry import CircuitOpenError as CircuitOpenError
 from .retry import RetryPolicy as RetryPolicy
 
 if TYPE_CHECKING:  # loaded on first use (see __getattr__); typed like any other name
+    from .dropin import ProcessPoolExecutor as ProcessPoolExecutor
+    from .dropin import ThreadPoolExecutor as ThreadPoolExecutor
     from .executor import BatchPoolExecutor as BatchPoolExecutor
     from .journal_report import Journal as Journal
     from .metrics import Stats as Stats
@@ -71,6 +73,7 @@ __all__ = [
     "NotAJournalError",
     "PoisonJobError",
     "Priority",
+    "ProcessPoolExecutor",
     "QueueFullError",
     "RemoteError",
     "RemoteTraceback",
@@ -83,6 +86,7 @@ __all__ = [
     "RunStore",
     "ShutdownError",
     "Stats",
+    "ThreadPoolExecutor",
     "TransportError",
     "WorkerCrashedError",
     "Dashboard",
@@ -100,6 +104,8 @@ _LAZY = {
     "BatchPoolExecutor": "executor",
     "ExecutorView": "views",
     "Stats": "metrics",
+    "ThreadPoolExecutor": "dropin",
+    "ProcessPoolExecutor": "dropin",
     "Journal": "journal_report",
     "Run": "runs",
     "RunProgress": "runs",

@@ -6,7 +6,11 @@ cluster) speaks it, and a worker imports nothing heavier.
 
 Messages, parent -> worker (one message each)::
 
-    B  header(batch id, kind, len(fn), item time limit) + pickled callable + framed pickled calls
+    B  header(batch id, kind, len(fn), fn flags, fn digest, item time limit) + pickled callable
+       + framed pickled calls. Flag ``FN_BY_VALUE``: the callable went by
+       value; the worker caches it under the digest (``FnCache``), and the
+       parent sends its bytes (len(fn) > 0) only the first time for that
+       worker: later batches carry the digest alone (len(fn) == 0).
     D  pickled block ids: arena blocks the parent let go; unmap them
     Q  stop after the current batch
 
@@ -15,7 +19,10 @@ worker -> parent::
     R  header(batch id, start, count, flags, run time) + framed outcome payload:
        one outcome per job for jobs start .. start+count of the batch
     P  pickled block ids: the batch kept views of these blocks beyond its call
-    S  pickled (batch id, exception, callable failed): the batch did not unpickle
+    S  pickled (batch id, exception, what failed): the batch did not unpickle;
+       what failed is ``SPLIT_CALLS``, ``SPLIT_FN``, or ``SPLIT_FN_NOT_FOUND``
+       (a callable sent by reference the worker cannot find: send it by value)
+    H  the worker started (its main module imported): sent before anything else
     K  header(batch id): the worker skipped this batch (the parent took it back)
     I  pickled exception: the initializer failed; this worker is exiting
 
@@ -49,10 +56,18 @@ __all__ = [
     "MSG_INIT_FAILED",
     "MSG_OUTCOME",
     "MSG_PINNED",
+    "MSG_READY",
     "MSG_SKIPPED",
     "MSG_SPLIT",
     "MSG_STOP",
+    "FN_BY_VALUE",
+    "FN_CACHE_SIZE",
     "PROTOCOL_VERSION",
+    "SPLIT_CALLS",
+    "SPLIT_FN",
+    "SPLIT_FN_NOT_FOUND",
+    "FnCache",
+    "FnCacheMirror",
     "YIELDED",
     "Outcome",
     "batch_item_timeout",
@@ -67,7 +82,7 @@ __all__ = [
 
 #: Bumped whenever a message changes shape; a remote worker (Dask) running
 #: another batchpool refuses batches of another version with a clear error.
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 
 MSG_BATCH = b"B"
 MSG_DROP = b"D"
@@ -77,11 +92,21 @@ MSG_PINNED = b"P"
 MSG_SPLIT = b"S"
 MSG_SKIPPED = b"K"
 MSG_INIT_FAILED = b"I"
+MSG_READY = b"H"
+
+FN_BY_VALUE = 1  # batch header flag: the callable went by value, cached under its digest
+
+SPLIT_CALLS = 0  # the calls did not unpickle
+SPLIT_FN = 1  # the callable did not unpickle
+SPLIT_FN_NOT_FOUND = 2  # the callable, sent by reference, is not there: send it by value
+
+#: Callables sent by value one worker keeps (by digest); the parent mirrors it.
+FN_CACHE_SIZE = 64
 
 FINAL = 1  # the batch's last outcome message
 YIELDED = 2  # the worker gave the rest of the batch back unstarted
 
-_BATCH_HEADER = struct.Struct("<cQBId")
+_BATCH_HEADER = struct.Struct("<cQBIB16sd")
 _OUTCOME_HEADER = struct.Struct("<cQIIBd")
 _SKIPPED_HEADER = struct.Struct("<cQ")
 
@@ -105,31 +130,99 @@ def encode_batch(
     fn_blob: bytes,
     oob_header: bytes,
     calls_blob: bytes,
+    fn_flags: int = 0,
+    fn_digest: bytes = b"",
     item_timeout: float | None = None,
 ) -> tuple[bytes, ...]:
     """One batch for the wire, as the parts of one message (callable and calls already pickled).
 
+    With ``fn_flags=FN_BY_VALUE``, ``fn_digest`` names the callable in the
+    worker's cache, and ``fn_blob`` may be empty (the worker has it).
     ``item_timeout`` is the time limit of each item of a ``map`` chunk, which
     the worker enforces itself (None: no limit).
 
     Example:
-        >>> parts = encode_batch(7, 0, b"fn", b"", b"calls", 2.5)
+        >>> parts = encode_batch(7, 0, b"fn", b"", b"calls", item_timeout=2.5)
         >>> decode_batch_header(b"".join(parts))[:3], batch_item_timeout(b"".join(parts))
         ((7, 0, 2), 2.5)
     """
-    header = _BATCH_HEADER.pack(MSG_BATCH, batch_id, kind, len(fn_blob), item_timeout or 0.0)
+    header = _BATCH_HEADER.pack(MSG_BATCH, batch_id, kind, len(fn_blob), fn_flags, fn_digest, item_timeout or 0.0)
     return (header, fn_blob, oob_header, calls_blob)
 
 
-def decode_batch_header(message: bytes | bytearray | memoryview) -> tuple[int, int, int, int]:
-    """Batch id, kind, length of the pickled callable, and where it starts."""
-    _, batch_id, kind, fn_len, _ = _BATCH_HEADER.unpack_from(message)
-    return batch_id, kind, fn_len, _BATCH_HEADER.size
+def decode_batch_header(message: bytes | bytearray | memoryview) -> tuple[int, int, int, int, int, bytes]:
+    """Batch id, kind, length of the pickled callable, where it starts, fn flags and fn digest."""
+    _, batch_id, kind, fn_len, fn_flags, fn_digest, _ = _BATCH_HEADER.unpack_from(message)
+    return batch_id, kind, fn_len, _BATCH_HEADER.size, fn_flags, fn_digest
+
+
+class FnCacheMirror:
+    """The parent's copy of one worker's ``FnCache`` keys: whether to send a callable's bytes.
+
+    Both sides apply the same operations to the same keys in the same order
+    (every batch message is read by the worker, in order, even one it then
+    skips), so the mirror knows exactly what the worker holds.
+
+    Example:
+        >>> mirror = FnCacheMirror(2)
+        >>> mirror.needs_bytes(b"a"), mirror.needs_bytes(b"a")
+        (True, False)
+    """
+
+    def __init__(self, size: int = FN_CACHE_SIZE) -> None:
+        self._size = size
+        self._keys: dict[bytes, None] = {}  # insertion order is recency order
+
+    def needs_bytes(self, fn_digest: bytes) -> bool:
+        """Record one batch sent with this callable; True: it must carry the bytes."""
+        if fn_digest in self._keys:
+            del self._keys[fn_digest]
+            self._keys[fn_digest] = None
+            return False
+        self._keys[fn_digest] = None
+        if len(self._keys) > self._size:
+            del self._keys[next(iter(self._keys))]
+        return True
+
+
+class FnCache:
+    """A worker's callables sent by value, by digest: each crosses once, is unpickled once.
+
+    Example:
+        >>> cache = FnCache(2)
+        >>> cache.receive(b"k", serialization.dumps(len))
+        >>> cache.receive(b"k", b"")  # a later batch: the digest alone
+        >>> cache.get(b"k")("abc")
+        3
+    """
+
+    def __init__(self, size: int = FN_CACHE_SIZE) -> None:
+        self._size = size
+        # digest -> the pickle until first used, then the callable.
+        self._entries: dict[bytes, tuple[bool, Any]] = {}
+
+    def receive(self, fn_digest: bytes, blob: bytes | memoryview) -> None:
+        """Apply one batch header's callable (as ``FnCacheMirror.needs_bytes`` did)."""
+        if len(blob):
+            self._entries[fn_digest] = (False, bytes(blob))
+            if len(self._entries) > self._size:
+                del self._entries[next(iter(self._entries))]
+        elif fn_digest in self._entries:
+            self._entries[fn_digest] = self._entries.pop(fn_digest)
+
+    def get(self, fn_digest: bytes) -> Any:
+        """The callable (unpickled on first use); raises KeyError or what unpickling raised."""
+        loaded, value = self._entries[fn_digest]
+        if loaded:
+            return value
+        fn = serialization.loads(value)
+        self._entries[fn_digest] = (True, fn)
+        return fn
 
 
 def batch_item_timeout(message: bytes | bytearray | memoryview) -> float | None:
     """The time limit of each item of a ``map`` chunk batch (None: no limit)."""
-    limit = float(_BATCH_HEADER.unpack_from(message)[4])
+    limit = float(_BATCH_HEADER.unpack_from(message)[6])
     return limit if limit > 0 else None
 
 

@@ -6,18 +6,31 @@ imports nothing from batchpool. Rules:
 * Protocol 5 everywhere.
 * Plain ``pickle`` first (fast, by reference). What it refuses (lambdas,
   closures, local classes) falls back to ``cloudpickle``, which pickles by value.
-* Callables defined in ``__main__`` always go by value: a worker started with
-  ``spawn`` or ``forkserver`` may not be able to import the parent's
-  ``__main__`` (an interactive session, ``python -c``), and one batch carries
-  its callable once, so the extra cost is paid once per batch, not per job.
+* Callables defined in ``__main__`` go to workers by reference whenever the
+  worker can import the main module (``pickle_callable``), as with
+  ProcessPoolExecutor: under ``spawn`` and ``forkserver``, multiprocessing
+  imports the parent's main script again in each worker as ``__mp_main__``.
+  So the script's module-level locks, connections and large tables are the
+  worker's own, and cost nothing per call. By value (cloudpickle) only when
+  it cannot: lambdas, closures, nested functions, ``python -c``, the REPL, a
+  script on stdin; and a callable the worker could not find by reference (one
+  defined under ``if __name__ == "__main__":``) after ``send_by_value``.
+  The journal stores callables for a later program: ``dumps_callable`` keeps
+  every ``__main__`` callable by value.
 * A batch of calls is pickled in one go; only when that fails is each call
   pickled on its own, so that the one job that cannot be pickled fails alone.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import pickle
 import struct
+import sys
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,6 +42,10 @@ __all__ = [
     "dumps_callable",
     "dumps_each",
     "dumps_oob",
+    "digest",
+    "main_importable",
+    "pickle_callable",
+    "send_by_value",
     "lend",
     "loads",
     "oob_header",
@@ -69,6 +86,126 @@ def dumps_callable(fn: Callable[..., Any]) -> bytes:
         data: bytes = cloudpickle.dumps(fn, PROTOCOL)
         return data
     return dumps(fn)
+
+
+def main_importable() -> bool:
+    """Whether worker processes can import the parent's ``__main__`` (as multiprocessing does).
+
+    The rule of ``multiprocessing.spawn.get_preparation_data``: a main module
+    run with ``-m`` is imported by name, a script by its path; ``python -c``,
+    the REPL and a script on stdin have neither (or a path that is no file).
+
+    Example:
+        >>> isinstance(main_importable(), bool)
+        True
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        return False
+    if getattr(getattr(main, "__spec__", None), "name", None):
+        return True
+    path = getattr(main, "__file__", None)
+    return isinstance(path, str) and os.path.isfile(path)
+
+
+def _main_reference(fn: Callable[..., Any]) -> bool:
+    """``fn`` is a module-level name of an importable ``__main__`` (pickle finds it there)."""
+    main = sys.modules.get("__main__")
+    target: Any = main
+    for part in getattr(fn, "__qualname__", "<>").split("."):
+        target = getattr(target, part, None)
+    return target is fn and main_importable()
+
+
+def _root(fn: Any) -> Any:
+    """The function under partials and bound methods: what a worker must find by reference."""
+    for _ in range(32):
+        inner = getattr(fn, "func", None) or getattr(fn, "__func__", None)
+        if inner is None or inner is fn:
+            break
+        fn = inner
+    return fn
+
+
+class _ByValue:
+    """Callables a worker could not find by reference: they go by value from then on.
+
+    Keyed by identity, weakly where the callable allows it, and bounded, so
+    that remembering never keeps a callable (or what it captured) alive for
+    long. Thread-safe: pools of several threads' executors share it.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._lock = threading.Lock()  # the dict is read and written by every pool's manager
+        self._refs: OrderedDict[int, Callable[[], object]] = OrderedDict()
+
+    def add(self, fn: object) -> None:
+        key = id(fn)
+        try:
+            ref: Callable[[], object] = weakref.ref(fn)
+        except TypeError:
+            ref = lambda: fn  # noqa: E731 - a strong reference, bounded by the dict's size
+        with self._lock:
+            self._refs[key] = ref
+            self._refs.move_to_end(key)
+            while len(self._refs) > self._size:
+                self._refs.popitem(last=False)
+
+    def __contains__(self, fn: object) -> bool:
+        with self._lock:
+            ref = self._refs.get(id(fn))
+        return ref is not None and ref() is fn
+
+
+_by_value = _ByValue(1024)
+
+
+def send_by_value(fn: Callable[..., Any]) -> None:
+    """From now on, pickle ``fn`` (and partials and methods of it) by value for workers.
+
+    Example:
+        >>> import operator
+        >>> send_by_value(operator.add)
+        >>> pickle_callable(operator.add)[1]
+        True
+    """
+    _by_value.add(_root(fn))
+
+
+def pickle_callable(fn: Callable[..., Any]) -> tuple[bytes, bool]:
+    """Pickle a callable for a worker process: the pickle, and whether it went by value.
+
+    By reference when the worker can find it (see the module docstring),
+    by value (cloudpickle) otherwise.
+
+    Example:
+        >>> import operator
+        >>> data, by_value = pickle_callable(operator.mul)
+        >>> loads(data)(2, 3), by_value
+        (6, False)
+        >>> pickle_callable(lambda x: x)[1]
+        True
+    """
+    root = _root(fn)
+    if root in _by_value or (getattr(root, "__module__", None) == "__main__" and not _main_reference(root)):
+        data: bytes = cloudpickle.dumps(fn, PROTOCOL)
+        return data, True
+    try:
+        return pickle.dumps(fn, PROTOCOL), False
+    except Exception:  # noqa: BLE001 - what pickle refuses goes by value
+        data = cloudpickle.dumps(fn, PROTOCOL)
+        return data, True
+
+
+def digest(data: bytes) -> bytes:
+    """A 16-byte digest of a pickle: the name a worker caches a callable sent by value under.
+
+    Example:
+        >>> len(digest(b"abc")), digest(b"abc") == digest(b"abc")
+        (16, True)
+    """
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 def dumps_oob(obj: object, threshold: int | None) -> tuple[bytes, list[memoryview]]:

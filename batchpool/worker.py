@@ -65,6 +65,8 @@ class WorkerSpec:
 _segments: shm.SegmentFactory | None = None
 _threshold: int | None = None
 _blocks = shm.BlockCache()
+# Callables sent by value, by digest: each crosses to this worker once.
+_fns = protocol.FnCache()
 
 
 def _store(big: list[memoryview]) -> list[tuple[int, int, int, str]]:
@@ -223,16 +225,26 @@ def _run(
 
 
 def _handle_batch(channel: Any, control: Control | None, message: bytes | bytearray | memoryview) -> int:
-    batch_id, kind, fn_len, start = protocol.decode_batch_header(message)
+    batch_id, kind, fn_len, start, fn_flags, fn_digest = protocol.decode_batch_header(message)
     item_timeout = protocol.batch_item_timeout(message)
+    view = memoryview(message)
+    by_value = bool(fn_flags & protocol.FN_BY_VALUE)
+    if by_value:
+        # Before the claim: the parent's mirror counted this message whether
+        # or not the batch runs here.
+        _fns.receive(fn_digest, view[start : start + fn_len])
     if control is not None and not control.claim():
         channel.send(protocol.encode_skipped(batch_id))  # the parent took it back
         return 0
-    view = memoryview(message)
     try:
-        fn = serialization.loads(view[start : start + fn_len])
+        fn = _fns.get(fn_digest) if by_value else serialization.loads(view[start : start + fn_len])
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which fails the jobs
-        channel.send(protocol.MSG_SPLIT + serialization.dumps((batch_id, protocol.picklable_error(exc), True)))
+        # By reference and not found here (defined under the main guard, or
+        # in a module this process cannot import): the parent sends it again
+        # by value. Anything else fails the batch's jobs.
+        missing = not by_value and isinstance(exc, (AttributeError, ImportError))
+        what = protocol.SPLIT_FN_NOT_FOUND if missing else protocol.SPLIT_FN
+        channel.send(protocol.MSG_SPLIT + serialization.dumps((batch_id, protocol.picklable_error(exc), what)))
         return 0
     lent: _Lent = []
     try:
@@ -240,7 +252,7 @@ def _handle_batch(channel: Any, control: Control | None, message: bytes | bytear
     except BaseException as exc:  # noqa: BLE001 - the parent splits the batch to find the bad job
         error = protocol.picklable_error(exc)  # drops the traceback, and the frames holding views
         _report_pinned(channel, lent)
-        channel.send(protocol.MSG_SPLIT + serialization.dumps((batch_id, error, False)))
+        channel.send(protocol.MSG_SPLIT + serialization.dumps((batch_id, error, protocol.SPLIT_CALLS)))
         return 0
     del view, message
     final, count = _run(channel, control, batch_id, kind, fn, calls, item_timeout)
@@ -263,6 +275,9 @@ def worker_main(spec: WorkerSpec) -> None:
     # (drain, cancel), so a worker must not die of it mid-batch.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     channel = spec.worker_channel(spec.channel_end)
+    # Started: the main module imported (a worker that dies before this
+    # failed in multiprocessing's bootstrap, e.g. a main script without a guard).
+    channel.send(protocol.MSG_READY)
     parent = os.getppid()
     global _segments, _threshold
     if spec.shm_prefix is not None:

@@ -13,6 +13,7 @@ import pytest
 
 from batchpool import BatchPoolExecutor
 
+
 def _process(method: str, transport: str = "shm") -> Callable[..., Executor]:
     context = multiprocessing.get_context(method)
     return lambda **kw: BatchPoolExecutor(backend="process", mp_context=context, transport=transport, **kw)

@@ -292,7 +292,8 @@ _SUBMIT_LOOP = textwrap.dedent(
 
 @pytest.mark.parametrize("backend", ["thread", "process"])
 @pytest.mark.parametrize(
-    "run", [pytest.param(0, id="once")] + [pytest.param(i, id=f"run{i}", marks=pytest.mark.stress) for i in range(1, 20)]
+    "run",
+    [pytest.param(0, id="once")] + [pytest.param(i, id=f"run{i}", marks=pytest.mark.stress) for i in range(1, 20)],
 )
 def test_sigterm_at_a_random_moment_of_a_submit_loop_drains_and_exits_zero(backend: str, run: int) -> None:
     proc = subprocess.Popen(

@@ -64,7 +64,7 @@ def test_a_result_the_parent_cannot_unpickle_fails_only_its_own_job(tmp_path: Pa
 @pytest.mark.parametrize("exc_type", [SystemExit, KeyboardInterrupt])
 def test_an_argument_whose_reduce_raises_a_base_exception_fails_alone(tmp_path: Path, exc_type: type) -> None:
     with BatchPoolExecutor(max_workers=1) as ex:
-        gate, release = _gate(ex, tmp_path)
+        _, release = _gate(ex, tmp_path)
         good = [ex.submit(helpers.echo, i) for i in range(200)]
         bad = ex.submit(helpers.echo, helpers.ReduceRaises(exc_type))
         good += [ex.submit(helpers.echo, i) for i in range(200, 400)]

@@ -29,6 +29,7 @@ tokens), or asks it to give back the unstarted rest of its running batch
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import os
@@ -52,7 +53,15 @@ from ...transport.base import Message
 from ...worker import open_buffers
 from ..base import Backend, logger
 from .payload import encode
-from .workers import STOP_GRACE, Worker, close_worker, preload_in_forkserver, start_worker, stop_workers
+from .workers import (
+    STOP_GRACE,
+    Worker,
+    bootstrap_failure,
+    close_worker,
+    preload_in_forkserver,
+    start_worker,
+    stop_workers,
+)
 
 __all__ = ["PREFETCH", "ProcessBackend"]
 
@@ -376,7 +385,7 @@ class ProcessBackend(Backend):
 
     def _send(self, worker: Worker, batch: Batch) -> None:
         try:
-            parts = encode(batch, worker.arena, self.ledger, self._resend)
+            parts = encode(batch, worker.arena, self.ledger, self._resend, worker.fns)
         except BaseException as exc:  # noqa: BLE001 - SystemExit from a __reduce__ fails the batch, not the pool
             self.ledger.forget(batch)
             self.ledger.fail_all(batch.jobs, exc)
@@ -463,6 +472,8 @@ class ProcessBackend(Backend):
         elif tag == protocol.MSG_SKIPPED:
             blocks = worker.skipping.pop(protocol.decode_skipped(message), [])
             self._release(worker, blocks)
+        elif tag == protocol.MSG_READY:
+            worker.ready = True
         elif tag == protocol.MSG_SPLIT:
             batch_id, wrapped, fn_failed = serialization.loads(memoryview(message)[1:])
             batch = worker.inflight.pop(batch_id, None)
@@ -479,7 +490,10 @@ class ProcessBackend(Backend):
                 cause: BaseException | None = serialization.loads(memoryview(message)[1:])
             except BaseException:  # noqa: BLE001
                 cause = None
-            self._break(
+            # The pool breaks when this worker has exited, as the standard pool
+            # does: by then what the initializer logged through a
+            # multiprocessing queue (a feeder thread) has been flushed.
+            worker.init_failure = (
                 "A process in the process pool was terminated abruptly: "
                 f"its initializer {self.config.initializer!r} raised {cause!r}",
                 cause,
@@ -507,8 +521,15 @@ class ProcessBackend(Backend):
         self.ledger.finish(batch, run_time)
         worker.done += len(batch.jobs)
 
-    def _on_undecodable(self, batch: Batch, wrapped: BaseException, fn_failed: bool) -> None:
+    def _on_undecodable(self, batch: Batch, wrapped: BaseException, fn_failed: int) -> None:
         jobs = batch.jobs
+        if fn_failed == protocol.SPLIT_FN_NOT_FOUND:
+            # Sent by reference, and the worker has no such name (a function
+            # defined under the main guard, say): it goes by value from now on.
+            logger.debug("%r is not importable in the workers; sending it by value", batch.fn)
+            serialization.send_by_value(batch.fn)
+            self._resend.appendleft(Batch(jobs, batch.reason, batch.timing_key))
+            return
         if fn_failed or len(jobs) == 1:
             what = "callable" if fn_failed else "call"
             error = TransportError(f"the {what} could not be unpickled in the worker: {wrapped!r}")
@@ -546,6 +567,12 @@ class ProcessBackend(Backend):
             logger.warning(
                 "worker pid %s %s with %d batches unfinished", worker.pid, describe_exit(exitcode), len(batches)
             )
+        if worker.init_failure is not None:
+            self._break(*worker.init_failure)
+        elif not worker.ready and exitcode == 1 and not worker.killed and not self.state.stopped:
+            # It died in multiprocessing's bootstrap, before running anything:
+            # every worker started from here would too. Break with the cause.
+            self._break(bootstrap_failure(worker.pid, self._ctx))
         if self.state.stopped:
             error = self.state.error or BrokenProcessPool()
             self.ledger.fail_all((j for b in batches for j in b.jobs[b.done :]), error)
@@ -582,6 +609,11 @@ class ProcessBackend(Backend):
 
     def _shut_down_now(self) -> None:
         """Stop every worker and release everything (the manager's last act)."""
+        # No worker starts after this: let go of the initializer's arguments
+        # now, not when a garbage collection breaks the backend's cycles (a
+        # multiprocessing Queue among them holds named semaphores, which the
+        # standard pool frees at shutdown).
+        self.config = dataclasses.replace(self.config, initializer=None, initargs=())
         if self.state.stopped:
             self._fail_everything(self.state.error or BrokenProcessPool("the pool stopped"))
         grace = 0.0 if self.state.phase == Phase.ABORTED else STOP_GRACE

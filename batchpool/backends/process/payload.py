@@ -30,15 +30,25 @@ class _Failer(Protocol):
     def fail_all(self, jobs: list[Job], exc: BaseException) -> None: ...
 
 
-def encode(batch: Batch, arena: shm.Arena | None, ledger: _Failer, resend: deque[Batch]) -> tuple[bytes, ...] | None:
+def encode(
+    batch: Batch,
+    arena: shm.Arena | None,
+    ledger: _Failer,
+    resend: deque[Batch],
+    fns: protocol.FnCacheMirror | None = None,
+) -> tuple[bytes, ...] | None:
     """The message parts of ``batch``, or None when nothing is left to send.
 
     Jobs whose call does not pickle are failed through ``ledger`` and dropped
     from the batch. A batch over the shared-memory budget is split in two
     (pushed to the front of ``resend``) and None returned. Raises whatever
     pickling the callable raised (the caller fails the whole batch with it).
+
+    A callable that goes by value is named by its digest; its bytes travel
+    only if ``fns`` (the mirror of the worker's cache) says the worker lacks
+    them.
     """
-    fn_blob = serialization.dumps_callable(batch.fn)
+    fn_blob, by_value = serialization.pickle_callable(batch.fn)
     threshold = OOB_THRESHOLD if arena is not None else None
     calls = [(j.args, j.kwargs) for j in batch.jobs]
     calls_blob, bad, big = serialization.dumps_each(calls, threshold)
@@ -67,5 +77,12 @@ def encode(batch: Batch, arena: shm.Arena | None, ledger: _Failer, resend: deque
             name = "" if block.shown else block.name
             block.shown = True
             refs = [(block.id, offset, buf.nbytes, name) for buf, offset in zip(big, offsets, strict=True)]
+    fn_flags, fn_digest = 0, b""
+    if by_value and fns is not None:
+        fn_flags, fn_digest = protocol.FN_BY_VALUE, serialization.digest(fn_blob)
+        if not fns.needs_bytes(fn_digest):
+            fn_blob = b""  # the worker has it
     timeout = batch.jobs[0].opts.timeout if batch.kind in CHUNK_KINDS else None
-    return protocol.encode_batch(batch.id, batch.kind, fn_blob, serialization.oob_header(refs), calls_blob, timeout)
+    return protocol.encode_batch(
+        batch.id, batch.kind, fn_blob, serialization.oob_header(refs), calls_blob, fn_flags, fn_digest, timeout
+    )

@@ -8,17 +8,29 @@ a ``Control`` (claim tokens and a yield bell: see ``transport.control``).
 from __future__ import annotations
 
 import itertools
+import os
+import re
+import sys
 import time
 from typing import Any
 
 from ...jobs import Batch
 from ...options import OOB_THRESHOLD
+from ...protocol import FnCacheMirror
 from ...transport import PipeTransport, control, ring, shm
 from ...transport.base import Channel
 from ...transport.control import Control
 from ...worker import WorkerSpec, worker_main
 
-__all__ = ["ARENA_KEEP", "STOP_GRACE", "Worker", "preload_in_forkserver", "start_worker", "stop_workers"]
+__all__ = [
+    "ARENA_KEEP",
+    "STOP_GRACE",
+    "Worker",
+    "bootstrap_failure",
+    "preload_in_forkserver",
+    "start_worker",
+    "stop_workers",
+]
 
 #: Seconds a stopping worker gets to exit before it is terminated, then killed.
 STOP_GRACE = 5.0
@@ -36,11 +48,14 @@ class Worker:
         "channel",
         "control",
         "done",
+        "fns",
         "id",
         "inflight",
+        "init_failure",
         "killed",
         "pid",
         "process",
+        "ready",
         "retiring",
         "sent",
         "skipping",
@@ -67,6 +82,10 @@ class Worker:
         self.timed: int | None = None  # id of the batch with a timeout it runs, if any
         self.killed = ""  # why we killed it, if we did
         self.retiring = False  # to stop once its batches are done (a shrinking pool)
+        self.ready = False  # it said hello: multiprocessing's bootstrap (main module import) is over
+        self.fns = FnCacheMirror()  # which callables sent by value it holds
+        # Its initializer raised: the pool's error, and the cause (broken when it has exited).
+        self.init_failure: tuple[str, BaseException | None] | None = None
 
     @property
     def idle(self) -> bool:
@@ -168,3 +187,41 @@ def stop_workers(workers: list[Worker], grace: float) -> None:
             worker.process.kill()
             worker.process.join()
         close_worker(worker)
+
+
+_GUARD = re.compile(r"""__name__\s*==\s*['"]__main__['"]|['"]__main__['"]\s*==\s*__name__""")
+
+
+def _main_script_unguarded() -> str | None:
+    """The main script's path if it has no ``if __name__ == "__main__":`` guard."""
+    path = getattr(sys.modules.get("__main__"), "__file__", None)
+    if not isinstance(path, str) or not os.path.isfile(path):
+        return None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            source = f.read()
+    except OSError:
+        return None
+    return None if _GUARD.search(source) else path
+
+
+def bootstrap_failure(pid: int, ctx: Any) -> str:
+    """Why a worker exited with code 1 before it started (the pool's one-line error).
+
+    Under ``spawn`` and ``forkserver`` each worker imports the main script
+    again; a script that starts the pool at import time, without a main
+    guard, makes every worker fail in multiprocessing's bootstrap with a
+    RuntimeError that only the worker's stderr shows.
+    """
+    method = ctx.get_start_method()
+    unguarded = _main_script_unguarded() if method != "fork" else None
+    if unguarded is not None:
+        return (
+            f"worker pid {pid} failed to start (exit code 1): the main module {unguarded} starts the pool "
+            f"when it is imported, and each worker ({method!r} start method) imports it again; "
+            'put the code that uses the pool under `if __name__ == "__main__":`'
+        )
+    return (
+        f"worker pid {pid} failed to start (exit code 1) before it could run anything: multiprocessing's "
+        f"bootstrap failed in it ({method!r} start method imports the main module again: see the worker's stderr)"
+    )
