@@ -101,7 +101,7 @@ def open_buffers(segments: list[tuple[int, int, int, str]], lent: _Lent | None =
     buffers: list[Any] = []
     for block_id, offset, size, name in segments:
         if block_id:
-            block_view = _blocks.view(block_id, name, offset, size)
+            block_view = _blocks.private_view(block_id, name, offset, size)
             # Handed over wrapped: every view made of a PickleBuffer is an
             # export of ``block_view`` itself (a view made of a memoryview
             # is not), so ``block_view.release()`` later tells whether any

@@ -255,6 +255,12 @@ def describe_array(arr: Any) -> tuple[bool, bool, float]:
     return bool(arr.flags.owndata), bool(arr.flags.writeable), float(arr.sum())
 
 
+def bump_in_place(arr: Any) -> float:
+    """Add 1 to every element in place (``arr += 1``); the first element after."""
+    arr += 1.0
+    return float(arr[0])
+
+
 def make_array(n: int) -> Any:
     import numpy as np
 

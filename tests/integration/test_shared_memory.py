@@ -30,12 +30,18 @@ def _leftovers(pid: int) -> list[str]:
     return [name for name in os.listdir(shm.SHM_DIR) if name.startswith(f"bp-{pid}-")]
 
 
-def test_a_large_array_arrives_as_a_read_only_view_of_shared_memory() -> None:
+def test_a_large_array_arrives_as_a_private_writeable_view_of_shared_memory() -> None:
     arr = np.arange(MB64, dtype=np.float64)
     with BatchPoolExecutor(max_workers=1) as ex:
         owns, writeable, total = ex.submit(helpers.describe_array, arr).result(TIMEOUT)
-    assert (owns, writeable) == (False, False)
-    assert total == float(arr.sum())
+        # As with the standard pools, the job's argument is its own: it may
+        # change it in place, and neither the parent nor later jobs see that.
+        assert ex.submit(helpers.bump_in_place, arr).result(TIMEOUT) == 1.0
+        assert ex.submit(helpers.bump_in_place, arr).result(TIMEOUT) == 1.0  # not 2.0: a fresh copy
+        for _ in range(3):  # the block is reused: later batches see the data sent, not the edits
+            assert ex.submit(helpers.describe_array, arr).result(TIMEOUT)[2] == total
+    assert (owns, writeable) == (False, True)  # a view (no copy), yet writeable
+    assert total == float(arr.sum()) and arr[1] == 1.0
 
 
 def test_the_worker_reads_the_array_from_a_pool_segment_not_a_copy() -> None:
@@ -254,7 +260,7 @@ def test_a_hostile_dev_shm_neither_stops_a_pool_nor_fools_its_cleanup(tmp_path: 
         os.symlink(target, paths[1])
         with BatchPoolExecutor(max_workers=1) as ex:
             arg = np.ones(MIB)
-            assert ex.submit(helpers.describe_array, arg).result(TIMEOUT) == (False, False, float(MIB))
+            assert ex.submit(helpers.describe_array, arg).result(TIMEOUT) == (False, True, float(MIB))
             result = ex.submit(helpers.make_array, MIB).result(TIMEOUT)
             assert helpers.array_mapping(result).startswith(f"{shm.SHM_DIR}/bp-{os.getpid()}-")
             assert result.sum() == MIB
@@ -295,7 +301,7 @@ def test_a_taken_name_makes_the_worker_and_the_parent_draw_another(
         with _entries([prefix + taken]) as [path]:
             os.symlink(target, path)  # what a put would write through, were it followed
             arg = np.ones(MIB)
-            assert ex.submit(helpers.describe_array, arg).result(TIMEOUT) == (False, False, float(MIB))
+            assert ex.submit(helpers.describe_array, arg).result(TIMEOUT) == (False, True, float(MIB))
             result = ex.submit(helpers.make_array, MIB).result(TIMEOUT)
             assert result.sum() == MIB
             ex.shutdown()
