@@ -34,7 +34,14 @@ def best(runs: int, fn: object) -> float:
 
 
 def main() -> None:
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+    )
     client = Client(cluster)
     try:
         threads = sum(client.nthreads().values())

@@ -48,8 +48,6 @@ from concurrent.futures.process import BrokenProcessPool
 from functools import partial
 from typing import Any
 
-import distributed
-
 from ... import protocol, serialization
 from ...batching import Batcher
 from ...errors import JobTimeoutError, TransportError, WorkerCrashedError
@@ -58,7 +56,7 @@ from ...ledger import Ledger
 from ...metrics import Metrics
 from ...options import PoolConfig
 from ..base import Backend, logger
-from .cluster import Connection, Scatter
+from .cluster import Connection, Scatter, distributed
 from .remote import OUTCOMES, ProtocolMismatchError, run_remote
 
 __all__ = ["DaskBackend"]

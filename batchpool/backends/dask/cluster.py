@@ -36,7 +36,7 @@ _PLAIN = frozenset({int, float, str, bool, type(None), complex, tuple, list, dic
 
 
 try:
-    import distributed
+    import distributed as distributed  # re-exported: the backend takes it from here
 except ImportError as exc:  # the optional extra
     raise ImportError("backend='dask' needs the distributed package: pip install 'batchpool[dask]'") from exc
 
@@ -69,6 +69,10 @@ class Connection:
                     processes=True,
                     host="127.0.0.1",
                     dashboard_address=None,
+                    # Without a dashboard the scheduler still serves /metrics,
+                    # on port 8787 unless told: a free port, never a warning
+                    # about another cluster's port.
+                    scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
                 )
             try:
                 self.client = distributed.Client(self.cluster, set_as_default=False)  # type: ignore[no-untyped-call]
