@@ -21,7 +21,7 @@ import pytest
 distributed = pytest.importorskip("distributed", reason="the Dask backend needs distributed (batchpool[dask])")
 
 from batchpool import BatchPoolExecutor, Priority, RetryPolicy, batched, job_info  # noqa: E402
-from batchpool.errors import JobTimeoutError, WorkerCrashedError  # noqa: E402
+from batchpool.errors import JobTimeoutError, ShutdownError, WorkerCrashedError  # noqa: E402
 from tests import helpers  # noqa: E402
 
 # Threads Dask starts once per process and keeps (its callback and offload
@@ -222,6 +222,27 @@ def test_job_timeout_fails_that_job_on_time(pool: Any) -> None:
     assert ex.submit(helpers.add_one, 1).result(timeout=30) == 2
     with pytest.raises(JobTimeoutError):
         slow.result(timeout=0)
+
+
+def test_shutdown_deadline_fails_what_still_runs(client: Any) -> None:
+    ex = BatchPoolExecutor(backend="dask", client=client)
+    try:
+        stuck = ex.submit(gate_wait, "stuck")
+        deadline = time.monotonic() + 30
+        while ex.stats().in_flight == 0 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        start = time.monotonic()
+        ex.shutdown(wait=True, timeout=0.3)
+        assert time.monotonic() - start < 15
+        with pytest.raises(ShutdownError):
+            stuck.result(timeout=0)
+        with pytest.raises(RuntimeError, match="after shutdown"):
+            ex.submit(helpers.add_one, 1)
+    finally:
+        _GATE.set()
+        ex.shutdown(wait=True)
+        _GATE.clear()
+    assert client.submit(helpers.add_one, 1, pure=False).result(timeout=30) == 2  # the user's client lives on
 
 
 def test_initializer_runs_on_each_worker(pool: Any) -> None:

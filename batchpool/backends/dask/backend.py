@@ -173,7 +173,11 @@ class DaskBackend(Backend):
         if now - at < INFO_TTL or not self._manager.is_alive():
             return states
         try:
-            workers = self._client.scheduler_info(n_workers=-1).get("workers", {})
+            try:
+                info = self._client.scheduler_info(n_workers=-1)  # all of them (newer distributed)
+            except TypeError:
+                info = self._client.scheduler_info()
+            workers = info.get("workers", {})
         except Exception:  # noqa: BLE001 - stats() must not fail because the scheduler is away
             return states
         states = []
@@ -261,7 +265,9 @@ class DaskBackend(Backend):
             else:
                 taken = self.batcher.take(
                     max_jobs=self.batcher.max_batch_size,
-                    idle_workers=max(1, threads - busy),
+                    # Split a short lane over every free slot, so the last
+                    # batches end together rather than one long one last.
+                    idle_workers=threads * PREFETCH - busy,
                     prefetch=busy >= threads,
                     workers=threads,
                 )

@@ -92,7 +92,8 @@ class Connection:
         plugin = Initializer(serialization.dumps_callable(config.initializer), serialization.dumps(config.initargs))  # type: ignore[arg-type]
         name = f"{self.prefix}-initializer"
         # Runs on every worker there is and every worker that joins later.
-        self.client.register_plugin(plugin, name=name)
+        register = getattr(self.client, "register_plugin", None) or self.client.register_worker_plugin
+        register(plugin, name=name)
         self.plugin = name
 
     def close(self) -> None:
