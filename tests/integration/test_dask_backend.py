@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, CancelledError, as_completed, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import pytest
@@ -251,6 +252,12 @@ def test_initializer_runs_on_each_worker(pool: Any) -> None:
         assert ex.submit(helpers.get_state).result(timeout=30) == "dask-init"
     finally:
         helpers.init_set("uninitialized")
+
+
+def test_failing_initializer_breaks_the_pool(pool: Any) -> None:
+    ex = pool(initializer=helpers.init_fail)
+    with pytest.raises(BrokenProcessPool, match="error in initializer"):
+        ex.submit(helpers.add_one, 1)
 
 
 def test_stats_show_the_cluster_workers(pool: Any) -> None:

@@ -77,9 +77,9 @@ INFO_TTL = 0.5
 class _Sent:
     """A batch on the cluster: its task, and the attempt of each job when it left."""
 
-    __slots__ = ("attempts", "batch", "exclusive", "future", "key", "timed_out")
+    __slots__ = ("attempts", "batch", "exclusive", "expected", "future", "key", "timed", "timed_out")
 
-    def __init__(self, batch: Batch, key: str, exclusive: bool) -> None:
+    def __init__(self, batch: Batch, key: str, exclusive: bool, estimate: float | None) -> None:
         self.batch = batch
         self.key = key
         self.attempts = [job.attempt for job in batch.jobs]
@@ -87,6 +87,9 @@ class _Sent:
         # it is the one that killed it.
         self.exclusive = exclusive
         self.future: Any = None
+        self.timed = batch.jobs[0].opts.timeout is not None
+        # Seconds it should run (None: its callable was never timed).
+        self.expected = None if estimate is None else estimate * len(batch.jobs)
         self.timed_out = False
 
 
@@ -98,6 +101,13 @@ class DaskBackend(Backend):
         self._conn = Connection(config)
         self._client = self._conn.client
         self._scatter = Scatter(self._client)
+        if self._conn.init_error is not None:
+            error = BrokenProcessPool(
+                f"A Dask worker's initializer {config.initializer!r} raised {self._conn.init_error!r}; "
+                "the pool is not usable"
+            )
+            error.__cause__ = self._conn.init_error
+            self.state.break_(error)
         # Guards the wake flag and the queue of finished tasks (filled by
         # Dask's callback thread); the manager waits on it, alone.
         self._cond = threading.Condition(threading.Lock())
@@ -251,10 +261,12 @@ class DaskBackend(Backend):
         if self.state.paused:
             self._can_dispatch = False  # resume() wakes us through the state watcher
             return
+        limit = self._threads * PREFETCH
         while self._exclusive is None:
             threads = self._cluster_threads()
             busy = len(self._sent)
-            if busy >= threads * PREFETCH:
+            limit = threads * (PREFETCH if self._may_prefetch() else 1)
+            if busy >= limit:
                 break
             if self._isolate:
                 if busy:
@@ -276,7 +288,25 @@ class DaskBackend(Backend):
                 batch = taken
             if self.ledger.claim(batch):
                 self._submit(batch, isolated=not busy and batch.reason == "isolate")
-        self._can_dispatch = self._exclusive is None and len(self._sent) < self._threads * PREFETCH
+        self._can_dispatch = self._exclusive is None and len(self._sent) < limit
+
+    def _may_prefetch(self) -> bool:
+        """Whether a batch may wait on a busy worker: only behind batches that end soon.
+
+        Dask places a task on a worker at once; one placed behind a long (or
+        timed, maybe hung) task waits there until Dask's work stealing moves
+        it, while another thread may be idle. So nothing is prefetched while
+        a batch is in flight that is timed, of a callable never timed, expected
+        to run over twice the target time, or overdue.
+        """
+        horizon = 2 * self.batcher.target_batch_time
+        # A batch waits up to one batch on its worker before it runs: out
+        # for over two horizons, it ran over its estimate.
+        oldest = time.monotonic() - 2 * horizon
+        for sent in self._sent.values():
+            if sent.timed or sent.expected is None or sent.expected > horizon or sent.batch.t_dispatch < oldest:
+                return False
+        return True
 
     def _submit(self, batch: Batch, isolated: bool) -> None:
         try:
@@ -303,7 +333,8 @@ class DaskBackend(Backend):
         self.metrics.batch_sent(len(batch.jobs), batch.reason, wait)
         for other in self._sent.values():
             other.exclusive = False  # it no longer runs alone
-        sent = _Sent(batch, f"{self._conn.prefix}-{batch.id}", exclusive=not self._sent)
+        estimate = self.batcher.estimate(batch.timing_key)
+        sent = _Sent(batch, f"{self._conn.prefix}-{batch.id}", exclusive=not self._sent, estimate=estimate)
         if isolated:
             self._exclusive = sent
         # Dask runs higher priorities first: REALTIME (0) becomes 2, BULK (2) 0.

@@ -81,25 +81,28 @@ class Connection:
                 raise
         self.prefix = f"batchpool-{uuid.uuid4().hex[:12]}"
         self.plugin: str | None = None
-        try:
-            if config.initializer is not None:
+        #: What the initializer raised on a worker: the pool is then broken,
+        #: as a standard pool is by a failing initializer.
+        self.init_error: BaseException | None = None
+        if config.initializer is not None:
+            try:
                 self._register_initializer(config)
-        except BaseException:
-            self.close()
-            raise
+            except Exception as exc:  # noqa: BLE001 - reported through the pool's state
+                self.init_error = exc
 
     def _register_initializer(self, config: PoolConfig) -> None:
         plugin = Initializer(serialization.dumps_callable(config.initializer), serialization.dumps(config.initargs))  # type: ignore[arg-type]
         name = f"{self.prefix}-initializer"
         # Runs on every worker there is and every worker that joins later.
+        self.plugin = name  # unregistered at close even if a worker's setup fails now
         register = getattr(self.client, "register_plugin", None) or self.client.register_worker_plugin
         register(plugin, name=name)
-        self.plugin = name
 
     def close(self) -> None:
         """Let go of the cluster: unregister the initializer; close what this pool started."""
         client = self.client if hasattr(self, "client") else None
-        if client is not None and self.plugin is not None and not self.owned:
+        if client is not None and self.plugin is not None and self.cluster is None:
+            # Not our own cluster: later workers must not run our initializer.
             try:
                 client.unregister_worker_plugin(self.plugin)
             except Exception:  # a cluster that went away has no plugin to remove
