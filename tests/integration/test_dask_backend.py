@@ -325,6 +325,30 @@ def test_another_protocol_version_is_refused() -> None:
         run_remote(protocol.PROTOCOL_VERSION + 1, 0, 0, serialization.dumps_callable(abs), calls)
 
 
+_EXIT_SCRIPT = """
+from distributed import Client, LocalCluster
+from batchpool import BatchPoolExecutor
+if __name__ == "__main__":
+    cluster = LocalCluster(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None,
+                           scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    client = Client(cluster, set_as_default=False)
+    ex = BatchPoolExecutor(backend="dask", client=client)
+    futures = [ex.submit(pow, 2, n) for n in range(10)]
+    futures[-1].add_done_callback(lambda f: print("settled at exit:", f.result(), flush=True))
+"""
+
+
+def test_queued_work_finishes_at_interpreter_exit(tmp_path: Any) -> None:
+    """No shutdown(): interpreter exit still runs what was submitted (before Dask's executors stop)."""
+    import subprocess
+
+    script = tmp_path / "exit.py"
+    script.write_text(_EXIT_SCRIPT)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "settled at exit: 512" in result.stdout
+
+
 # -- a worker process that dies ---------------------------------------------------------------
 
 

@@ -42,6 +42,7 @@ import heapq
 import itertools
 import threading
 import time
+import weakref
 from collections import deque
 from concurrent.futures import CancelledError
 from concurrent.futures.process import BrokenProcessPool
@@ -55,8 +56,9 @@ from ...jobs import Batch, Job
 from ...ledger import Ledger
 from ...metrics import Metrics
 from ...options import PoolConfig
+from ...state import EXIT_MESSAGE
 from ..base import Backend, logger
-from .cluster import Connection, Scatter, distributed
+from .cluster import Connection, Scatter, distributed, done_callback
 from .remote import OUTCOMES, ProtocolMismatchError, run_remote
 
 __all__ = ["DaskBackend"]
@@ -70,6 +72,8 @@ PREFETCH = 2
 #: How often the manager asks the scheduler how many threads the cluster has
 #: (an adaptive cluster grows and shrinks), at most.
 THREADS_REFRESH = 1.0
+#: Seconds to wait for one finished task's result when a joint gather failed.
+GATHER_TIMEOUT = 60.0
 #: How long ``worker_states`` keeps the scheduler's answer (the dashboard asks often).
 INFO_TTL = 0.5
 
@@ -112,7 +116,7 @@ class DaskBackend(Backend):
         # Dask's callback thread); the manager waits on it, alone.
         self._cond = threading.Condition(threading.Lock())
         self._wake_pending = False
-        self._finished_tasks: deque[tuple[_Sent, Any]] = deque()
+        self._finished_tasks: deque[_Sent] = deque()
         # The manager's own books (no lock: only the manager touches them).
         self._sent: dict[str, _Sent] = {}
         self._resend: deque[Batch] = deque()
@@ -128,6 +132,7 @@ class DaskBackend(Backend):
         self._info: tuple[float, list[tuple[int, int, str, int, bool]]] = (0.0, [])
         self._done_jobs = 0
         self.state.watch(self._wake)
+        _live.add(self)
         self._manager = threading.Thread(target=self._run, name="batchpool-dask-manager", daemon=True)
         try:
             self._manager.start()
@@ -146,21 +151,50 @@ class DaskBackend(Backend):
             self._wake_pending = True
             self._cond.notify()
 
-    def _on_task_done(self, sent: _Sent, future: Any) -> None:
-        """Dask's callback thread: fetch the task's result (or error) for the manager."""
-        status = future.status
-        try:
-            if status == "finished":
-                report: Any = (True, future.result())
-            elif status == "error":
-                report = (False, future.exception())
-            else:
-                report = (False, CancelledError(f"the Dask task {sent.key} was {status}"))
-        except BaseException as exc:  # noqa: BLE001 - a lost result is reported like a lost worker
-            report = (False, exc)
+    def _on_task_done(self, sent: _Sent, future: Any = None) -> None:
+        """Dask's event loop: the task ended. Only queues it (no waiting on the loop's own thread)."""
         with self._cond:
-            self._finished_tasks.append((sent, report))
+            self._finished_tasks.append(sent)
             self._cond.notify()
+
+    def _watch(self, sent: _Sent) -> None:
+        # On Dask's event loop, not through Future.add_done_callback: that
+        # runs callbacks on a ThreadPoolExecutor, which interpreter exit shuts
+        # down before it lets the pools drain, and a batch would never end.
+        self._client.loop.add_callback(done_callback, sent.future, partial(self._on_task_done, sent))
+
+    def _collect(self, finished: list[_Sent]) -> list[tuple[_Sent, bool, Any]]:
+        """The results of finished tasks (one gather for all of them), or their errors."""
+        reports: list[tuple[_Sent, bool, Any]] = []
+        live = [sent for sent in finished if sent.future is not None]
+        ready = [sent for sent in live if sent.future.status == "finished"]
+        gathered: set[str] = set()
+        if ready:
+            try:
+                values = self._client.gather([sent.future for sent in ready])
+            except Exception:  # noqa: BLE001 - one at a time below, to tell which failed
+                logger.debug("batchpool: a joint gather failed", exc_info=True)
+            else:
+                for sent, value in zip(ready, values, strict=True):
+                    reports.append((sent, True, value))
+                    gathered.add(sent.key)
+        for sent in live:
+            if sent.key in gathered:
+                continue
+            future = sent.future
+            try:
+                status = future.status
+                if status == "finished":
+                    reports.append((sent, True, future.result(timeout=GATHER_TIMEOUT)))
+                elif status == "error":
+                    reports.append((sent, False, future.exception(timeout=GATHER_TIMEOUT)))
+                elif status == "pending":
+                    self._watch(sent)  # its result was lost with a worker: Dask computes it again
+                else:
+                    reports.append((sent, False, CancelledError(f"the Dask task {sent.key} was {status}")))
+            except BaseException as exc:  # noqa: BLE001 - a result lost for good is reported like a lost worker
+                reports.append((sent, False, exc))
+        return reports
 
     def begin_shutdown(self) -> None:
         self._wake()
@@ -213,8 +247,9 @@ class DaskBackend(Backend):
                 if self.state.stopped:
                     self._fail_everything(self.state.error or BrokenProcessPool("the pool stopped"))
                     return
-                for sent, report in finished:
-                    self._on_report(sent, *report)
+                if finished:
+                    for sent, ok, value in self._collect(finished):
+                        self._on_report(sent, ok, value)
                 del finished
                 if self._deadlines:
                     self._expire_timeouts()
@@ -358,7 +393,7 @@ class DaskBackend(Backend):
             deadline = batch.t_dispatch + timeout
             for job, attempt in zip(batch.jobs, sent.attempts, strict=True):
                 heapq.heappush(self._deadlines, (deadline, next(self._seq), job, attempt, sent))
-        sent.future.add_done_callback(partial(self._on_task_done, sent))
+        self._watch(sent)
 
     def _expire_timeouts(self) -> None:
         now = time.monotonic()
@@ -478,3 +513,27 @@ class DaskBackend(Backend):
             self._conn.close()
         except Exception:  # noqa: BLE001 - shutdown goes on; the cluster is the user's problem now
             logger.exception("batchpool: closing the Dask connection failed")
+
+
+_live: weakref.WeakSet[DaskBackend] = weakref.WeakSet()
+
+
+def _drain_at_exit() -> None:
+    """Interpreter exit: finish the Dask pools' work while Dask can still run it.
+
+    Registered after ``distributed`` imported ``concurrent.futures.thread``,
+    so it runs before that module's exit hook, which shuts down every
+    ThreadPoolExecutor, the in-process scheduler's among them (batchpool's
+    own exit hook, registered earlier, would come too late).
+    """
+    backends = list(_live)
+    for backend in backends:
+        backend.state.close(EXIT_MESSAGE)
+        backend.begin_shutdown()
+    for backend in backends:
+        backend.join()
+
+
+_register_atexit = getattr(threading, "_register_atexit", None)
+if _register_atexit is not None:
+    _register_atexit(_drain_at_exit)

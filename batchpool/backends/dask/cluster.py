@@ -37,6 +37,7 @@ _PLAIN = frozenset({int, float, str, bool, type(None), complex, tuple, list, dic
 
 try:
     import distributed as distributed  # re-exported: the backend takes it from here
+    from distributed.client import done_callback as done_callback  # waits on a future on Dask's event loop
 except ImportError as exc:  # the optional extra
     raise ImportError("backend='dask' needs the distributed package: pip install 'batchpool[dask]'") from exc
 
