@@ -3,20 +3,22 @@
 Data flow (parent side)::
 
     submit() -> Batcher lanes  (jobs wait here: cancellable, reprioritisable, bounded)
-                   |  take() while fewer batches are in flight than the cluster has threads
+                   |  take() while fewer than PREFETCH batches per cluster thread are out
                    v
     manager thread --- client.submit(run_remote, ...) ---> Dask scheduler -> a worker
         ^                                                    runs remote.run_remote:
         |  one condition: the wake flag (new jobs, a          the same runner as the
         |  state change) and the queue of finished tasks      other backends
         |                                                        |
-        +---- Dask callback thread: the task's result or error <-+
+        +---- Dask's event loop: "this task ended" <-------------+
+        v
+    client.gather(every finished task at once) -> tasks.collect
         v
     ledger: outcomes settled, retries queued; a batch whose worker died is split
 
 The manager is the only thread that touches the books (what is in flight,
-what to send again); Dask's callback thread only fetches a finished task's
-result and queues it. Nothing here settles a Future: the ledger does.
+what to send again) and fetches results; Dask's event loop only queues the
+tasks that ended. Nothing here settles a Future: the ledger does.
 
 A worker that dies while running a batch (Dask's ``KilledWorker``, a lost
 worker, a cancelled task) is handled as a crashed worker process: the batch is
@@ -60,41 +62,22 @@ from ...state import EXIT_MESSAGE
 from ..base import Backend, logger
 from .cluster import Connection, Scatter, distributed, done_callback
 from .remote import OUTCOMES, ProtocolMismatchError, run_remote
+from .tasks import Sent, collect, worker_rows
 
 __all__ = ["DaskBackend"]
 
-#: Batches in flight per cluster thread: the one it runs and one waiting on
-#: its worker (Dask queues up to 1.1 x threads per worker), so a thread never
-#: idles for the round trip between one batch and the next (measured: ~10 ms
-#: a batch without it, a tenth of a 100 ms batch). The second one is cut only
-#: of jobs known to be quick, or from a deep lane (``Batcher.take(prefetch=True)``).
+#: Batches in flight per cluster thread: the one it runs and one waiting (Dask
+#: places it on a worker at once), so a thread never idles for the round trip
+#: between one batch and the next (measured: ~10 ms a batch without it, a
+#: tenth of a 100 ms batch). The second one is cut only of jobs known to be
+#: quick, or from a deep lane (``Batcher.take(prefetch=True)``), and only
+#: behind batches known to end soon (``_may_prefetch``).
 PREFETCH = 2
 #: How often the manager asks the scheduler how many threads the cluster has
 #: (an adaptive cluster grows and shrinks), at most.
 THREADS_REFRESH = 1.0
-#: Seconds to wait for one finished task's result when a joint gather failed.
-GATHER_TIMEOUT = 60.0
 #: How long ``worker_states`` keeps the scheduler's answer (the dashboard asks often).
 INFO_TTL = 0.5
-
-
-class _Sent:
-    """A batch on the cluster: its task, and the attempt of each job when it left."""
-
-    __slots__ = ("attempts", "batch", "exclusive", "expected", "future", "key", "timed", "timed_out")
-
-    def __init__(self, batch: Batch, key: str, exclusive: bool, estimate: float | None) -> None:
-        self.batch = batch
-        self.key = key
-        self.attempts = [job.attempt for job in batch.jobs]
-        # Nothing else ran on the cluster while it did: if its worker dies,
-        # it is the one that killed it.
-        self.exclusive = exclusive
-        self.future: Any = None
-        self.timed = batch.jobs[0].opts.timeout is not None
-        # Seconds it should run (None: its callable was never timed).
-        self.expected = None if estimate is None else estimate * len(batch.jobs)
-        self.timed_out = False
 
 
 class DaskBackend(Backend):
@@ -112,17 +95,17 @@ class DaskBackend(Backend):
             )
             error.__cause__ = self._conn.init_error
             self.state.break_(error)
-        # Guards the wake flag and the queue of finished tasks (filled by
-        # Dask's callback thread); the manager waits on it, alone.
+        # Guards the wake flag and the queue of finished tasks (filled on
+        # Dask's event loop); the manager waits on it, alone.
         self._cond = threading.Condition(threading.Lock())
         self._wake_pending = False
-        self._finished_tasks: deque[_Sent] = deque()
+        self._finished_tasks: deque[Sent] = deque()
         # The manager's own books (no lock: only the manager touches them).
-        self._sent: dict[str, _Sent] = {}
+        self._sent: dict[str, Sent] = {}
         self._resend: deque[Batch] = deque()
         self._isolate: deque[Batch] = deque()  # run with nothing else in flight
-        self._exclusive: _Sent | None = None
-        self._deadlines: list[tuple[float, int, Job, int, _Sent]] = []
+        self._exclusive: Sent | None = None
+        self._deadlines: list[tuple[float, int, Job, int, Sent]] = []
         self._seq = itertools.count()
         self._threads = self._conn.threads()
         self._threads_at = time.monotonic()
@@ -130,7 +113,6 @@ class DaskBackend(Backend):
         # need not wake the manager (it looks again when a task finishes).
         self._can_dispatch = True
         self._info: tuple[float, list[tuple[int, int, str, int, bool]]] = (0.0, [])
-        self._done_jobs = 0
         self.state.watch(self._wake)
         _live.add(self)
         self._manager = threading.Thread(target=self._run, name="batchpool-dask-manager", daemon=True)
@@ -151,50 +133,17 @@ class DaskBackend(Backend):
             self._wake_pending = True
             self._cond.notify()
 
-    def _on_task_done(self, sent: _Sent, future: Any = None) -> None:
+    def _on_task_done(self, sent: Sent, future: Any = None) -> None:
         """Dask's event loop: the task ended. Only queues it (no waiting on the loop's own thread)."""
         with self._cond:
             self._finished_tasks.append(sent)
             self._cond.notify()
 
-    def _watch(self, sent: _Sent) -> None:
+    def _watch(self, sent: Sent) -> None:
         # On Dask's event loop, not through Future.add_done_callback: that
         # runs callbacks on a ThreadPoolExecutor, which interpreter exit shuts
         # down before it lets the pools drain, and a batch would never end.
         self._client.loop.add_callback(done_callback, sent.future, partial(self._on_task_done, sent))
-
-    def _collect(self, finished: list[_Sent]) -> list[tuple[_Sent, bool, Any]]:
-        """The results of finished tasks (one gather for all of them), or their errors."""
-        reports: list[tuple[_Sent, bool, Any]] = []
-        live = [sent for sent in finished if sent.future is not None]
-        ready = [sent for sent in live if sent.future.status == "finished"]
-        gathered: set[str] = set()
-        if ready:
-            try:
-                values = self._client.gather([sent.future for sent in ready])
-            except Exception:  # noqa: BLE001 - one at a time below, to tell which failed
-                logger.debug("batchpool: a joint gather failed", exc_info=True)
-            else:
-                for sent, value in zip(ready, values, strict=True):
-                    reports.append((sent, True, value))
-                    gathered.add(sent.key)
-        for sent in live:
-            if sent.key in gathered:
-                continue
-            future = sent.future
-            try:
-                status = future.status
-                if status == "finished":
-                    reports.append((sent, True, future.result(timeout=GATHER_TIMEOUT)))
-                elif status == "error":
-                    reports.append((sent, False, future.exception(timeout=GATHER_TIMEOUT)))
-                elif status == "pending":
-                    self._watch(sent)  # its result was lost with a worker: Dask computes it again
-                else:
-                    reports.append((sent, False, CancelledError(f"the Dask task {sent.key} was {status}")))
-            except BaseException as exc:  # noqa: BLE001 - a result lost for good is reported like a lost worker
-                reports.append((sent, False, exc))
-        return reports
 
     def begin_shutdown(self) -> None:
         self._wake()
@@ -224,10 +173,7 @@ class DaskBackend(Backend):
             workers = info.get("workers", {})
         except Exception:  # noqa: BLE001 - stats() must not fail because the scheduler is away
             return states
-        states = []
-        for i, (_, info) in enumerate(sorted(workers.items())):
-            executing = info.get("metrics", {}).get("task_counts", {}).get("executing", 0)
-            states.append((i, int(info.get("pid", 0)), "busy" if executing else "idle", 0, False))
+        states = worker_rows(workers)
         self._info = (now, states)
         return states
 
@@ -248,7 +194,7 @@ class DaskBackend(Backend):
                     self._fail_everything(self.state.error or BrokenProcessPool("the pool stopped"))
                     return
                 if finished:
-                    for sent, ok, value in self._collect(finished):
+                    for sent, ok, value in collect(self._client, finished, self._watch):
                         self._on_report(sent, ok, value)
                 del finished
                 if self._deadlines:
@@ -369,7 +315,7 @@ class DaskBackend(Backend):
         for other in self._sent.values():
             other.exclusive = False  # it no longer runs alone
         estimate = self.batcher.estimate(batch.timing_key)
-        sent = _Sent(batch, f"{self._conn.prefix}-{batch.id}", exclusive=not self._sent, estimate=estimate)
+        sent = Sent(batch, f"{self._conn.prefix}-{batch.id}", exclusive=not self._sent, estimate=estimate)
         if isolated:
             self._exclusive = sent
         # Dask runs higher priorities first: REALTIME (0) becomes 2, BULK (2) 0.
@@ -410,7 +356,7 @@ class DaskBackend(Backend):
 
     # -- results ------------------------------------------------------------------------
 
-    def _on_report(self, sent: _Sent, ok: bool, value: Any) -> None:
+    def _on_report(self, sent: Sent, ok: bool, value: Any) -> None:
         if self._sent.pop(sent.key, None) is None:
             return
         if self._exclusive is sent:
@@ -421,7 +367,6 @@ class DaskBackend(Backend):
             (_, _, _, _, run_time), outcomes = protocol.decode_outcome(value[1])
             self._settle(sent, outcomes)
             self.ledger.finish(batch, run_time)
-            self._done_jobs += len(batch.jobs)
         elif ok:
             self.ledger.forget(batch)
             self._on_undecodable(batch, value[1], value[2])
@@ -437,7 +382,7 @@ class DaskBackend(Backend):
             self.ledger.fail_all(batch.jobs, value)
         self._scatter.settled(batch.jobs)
 
-    def _settle(self, sent: _Sent, outcomes: list[tuple[bool, Any]]) -> None:
+    def _settle(self, sent: Sent, outcomes: list[tuple[bool, Any]]) -> None:
         jobs = sent.batch.jobs
         if all(job.attempt == attempt for job, attempt in zip(jobs, sent.attempts, strict=True)):
             self.ledger.outcomes(jobs, outcomes)
@@ -460,7 +405,7 @@ class DaskBackend(Backend):
         for job in batch.jobs:  # some call does not unpickle there: each alone finds it
             self._resend.append(Batch([job], batch.reason, batch.timing_key))
 
-    def _on_lost(self, sent: _Sent, cause: BaseException) -> None:
+    def _on_lost(self, sent: Sent, cause: BaseException) -> None:
         """The batch's worker died (or its task was lost): split, isolate, or fail the culprit."""
         self._threads = self._conn.threads()  # the cluster may be smaller now
         self._threads_at = time.monotonic()
