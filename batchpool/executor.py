@@ -41,7 +41,6 @@ from .mapping import map_jobs
 from .metrics import Listener, Metrics, Stats
 from .options import (
     DEFAULT_MAX_BATCH_SIZE,
-    DEFAULT_TARGET_BATCH_TIME,
     JobOptions,
     Priority,
     check_int,
@@ -88,7 +87,10 @@ class BatchPoolExecutor(StdlibCompat, Executor):
         initargs: arguments of ``initializer``.
         max_tasks_per_child: a worker process is replaced after this many jobs.
         thread_name_prefix: name prefix of the thread backend's threads.
-        backend: ``"process"`` or ``"thread"``.
+        backend: ``"process"``, ``"thread"`` or ``"dask"`` (each batch one
+            task on a Dask cluster: ``client``, ``address``, or a
+            ``LocalCluster`` of ``max_workers`` processes started for the
+            pool; ``pip install 'batchpool[dask]'``).
         transport: how batches reach worker processes: ``"shm"`` (the
             default: messages through shared-memory rings, buffers of 64 KiB
             and more, such as numpy arrays, through reused shared-memory
@@ -100,7 +102,8 @@ class BatchPoolExecutor(StdlibCompat, Executor):
             extends it to ``@batched`` functions.)
         max_delay: seconds a partial batch may wait for more calls; 0 (the
             default) sends whatever is waiting as soon as a worker is free.
-        target_batch_time: seconds of work one batch should hold (default 5 ms).
+        target_batch_time: seconds of work one batch should hold (default
+            5 ms; 100 ms with the Dask backend, whose tasks cost ~1 ms each).
         max_pending: most jobs queued (not yet dispatched) at once; None: no limit.
         on_full: what ``submit`` does when ``max_pending`` jobs are queued:
             ``"block"`` (wait for room), ``"raise"`` (``QueueFullError``) or
@@ -111,6 +114,10 @@ class BatchPoolExecutor(StdlibCompat, Executor):
         retry: default ``RetryPolicy`` of every job (None: no retries).
         dashboard: show a live rich dashboard until shutdown (a one-line log
             a second when the output is not a terminal).
+        client: with ``backend="dask"``, the ``distributed.Client`` to use
+            (batchpool does not close it).
+        address: with ``backend="dask"``, the scheduler to connect to, such
+            as ``"tcp://scheduler:8786"``.
 
     Raises:
         TypeError, ValueError: an argument is invalid (the message names it).
@@ -133,16 +140,18 @@ class BatchPoolExecutor(StdlibCompat, Executor):
         max_tasks_per_child: int | None = None,
         thread_name_prefix: str = "",
         backend: str = "process",
-        transport: str = "shm",
+        transport: str | None = None,
         max_batch_size: int | str = DEFAULT_MAX_BATCH_SIZE,
         max_delay: float = 0.0,
-        target_batch_time: float = DEFAULT_TARGET_BATCH_TIME,
+        target_batch_time: float | None = None,
         max_pending: int | None = None,
         on_full: str = "block",
         block_timeout: float | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
         dashboard: bool = False,
+        client: Any = None,
+        address: str | None = None,
     ) -> None:
         if max_pending is not None:
             check_int("max_pending", max_pending, 1)
@@ -167,6 +176,8 @@ class BatchPoolExecutor(StdlibCompat, Executor):
             max_batch_size=max_batch_size,
             max_delay=max_delay,
             target_batch_time=target_batch_time,
+            client=client,
+            address=address,
         )
         self._config = config
         self._state = PoolState(config.max_workers)

@@ -41,10 +41,14 @@ DEFAULT_MAX_BATCH_SIZE = 512
 #: over every worker instead of queueing behind one.
 DEFAULT_TARGET_BATCH_TIME = 0.005
 
+#: The same on the Dask backend: each task costs the scheduler about a
+#: millisecond, so a batch should hold at least a hundred times that.
+DASK_TARGET_BATCH_TIME = 0.1
+
 #: Hard upper bound of a batch under ``max_batch_size="auto"``.
 AUTO_MAX_BATCH_SIZE = 4096
 
-BACKENDS = ("process", "thread")
+BACKENDS = ("process", "thread", "dask")
 TRANSPORTS = ("shm", "pipe")
 #: Buffers at least this large travel out of band, in shared-memory blocks
 #: (transport "shm"). ``python benchmarks/oob_threshold.py`` (float64 arrays,
@@ -112,6 +116,8 @@ class PoolConfig:
     max_delay: float
     target_batch_time: float = DEFAULT_TARGET_BATCH_TIME
     auto_batch_size: bool = False
+    client: Any = None  # backend "dask": the user's distributed.Client
+    address: str | None = None  # backend "dask": a scheduler to connect to
 
 
 def _cpu_count() -> int:
@@ -159,10 +165,12 @@ def make_config(
     max_tasks_per_child: int | None,
     thread_name_prefix: str,
     backend: str,
-    transport: str,
+    transport: str | None,
     max_batch_size: int | str,
     max_delay: float,
-    target_batch_time: float = DEFAULT_TARGET_BATCH_TIME,
+    target_batch_time: float | None = None,
+    client: Any = None,
+    address: str | None = None,
 ) -> PoolConfig:
     """Validate the constructor's arguments and fill in the defaults.
 
@@ -179,6 +187,11 @@ def make_config(
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    _check_dask(backend, client, address, mp_context, transport, max_tasks_per_child)
+    if transport is None:
+        transport = "shm"
+    if target_batch_time is None:
+        target_batch_time = DASK_TARGET_BATCH_TIME if backend == "dask" else DEFAULT_TARGET_BATCH_TIME
     if isinstance(mp_context, str):
         if backend != "thread":
             raise TypeError(
@@ -234,4 +247,28 @@ def make_config(
         max_delay=delay,
         target_batch_time=target,
         auto_batch_size=auto,
+        client=client,
+        address=address,
     )
+
+
+def _check_dask(
+    backend: str, client: Any, address: object, mp_context: object, transport: object, max_tasks_per_child: object
+) -> None:
+    """The arguments only the Dask backend takes, and those it cannot honour."""
+    if backend != "dask":
+        for name, value in (("client", client), ("address", address)):
+            if value is not None:
+                raise ValueError(f"{name} is for backend='dask' only, got backend={backend!r}")
+        return
+    if client is not None and address is not None:
+        raise ValueError("give client or address, not both")
+    if address is not None and not isinstance(address, str):
+        raise TypeError(f"address must be a str such as 'tcp://scheduler:8786', got {type(address).__name__}")
+    for name, value in (
+        ("mp_context", mp_context),
+        ("transport", transport),
+        ("max_tasks_per_child", max_tasks_per_child),
+    ):
+        if value is not None:
+            raise ValueError(f"{name} cannot be used with backend='dask' (the Dask cluster runs the workers)")

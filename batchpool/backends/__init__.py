@@ -1,4 +1,4 @@
-"""Backends run batches: ``thread`` (in this process) and ``process`` (worker processes).
+"""Backends run batches: ``thread`` (in this process), ``process`` (worker processes), ``dask`` (a cluster).
 
 Loaded lazily by name, so a pool of threads never imports the process machinery.
 """
@@ -16,6 +16,7 @@ __all__ = ["load_backend"]
 _BACKENDS = {
     "thread": ("batchpool.backends.thread", "ThreadBackend"),
     "process": ("batchpool.backends.process", "ProcessBackend"),
+    "dask": ("batchpool.backends.dask", "DaskBackend"),
 }
 
 

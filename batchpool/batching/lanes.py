@@ -426,6 +426,11 @@ class Batcher:
             if len(self._estimates) > _MAX_ESTIMATES:
                 self._estimates.popitem(last=False)
 
+    def estimate(self, key: Hashable) -> float | None:
+        """Measured seconds per job of a timing key (``Batch.timing_key``), or None if never timed."""
+        with self._lock:
+            return self._estimates.get(key)
+
     def next_deadline(self) -> float | None:
         """When a lingering lane or a delayed retry becomes ready (batcher clock)."""
         with self._lock:

@@ -163,6 +163,8 @@ EXECUTORS: dict[str, Pool] = {
     "batchpool+empty": Pool(lambda n, kw: BatchPoolExecutor(n, **kw)),
     "batchpool-pipe": Pool(lambda n, kw: BatchPoolExecutor(n, transport="pipe", **kw)),
     "batchpool-thread": Pool(lambda n, kw: BatchPoolExecutor(n, backend="thread", **kw)),
+    # Starts (and at shutdown closes) a LocalCluster of n worker processes.
+    "batchpool-dask": Pool(lambda n, kw: BatchPoolExecutor(n, backend="dask", **kw), module="distributed"),
     "batchpool+dashboard": Pool(_with_dashboard),
     "batchpool+retry": Pool(lambda n, kw: BatchPoolExecutor(n, timeout=30, retry=RetryPolicy(max_attempts=3), **kw)),
     "batchpool+journal": Pool(lambda n, kw: _Journaled(n, "normal", kw), probe=journal_missing),

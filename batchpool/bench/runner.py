@@ -118,7 +118,12 @@ def _dask(workers: int, sizes: m.Sizes, progress: Callable[[str], None]) -> list
     progress("dask: starting a local cluster")
     results = []
     cluster = LocalCluster(  # type: ignore[no-untyped-call,unused-ignore]
-        n_workers=workers, threads_per_worker=1, host="127.0.0.1", dashboard_address=None, processes=True
+        n_workers=workers,
+        threads_per_worker=1,
+        host="127.0.0.1",
+        dashboard_address=None,
+        processes=True,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # not 8787, which another cluster may hold
     )
     try:
         with Client(cluster) as client:  # type: ignore[no-untyped-call,unused-ignore]

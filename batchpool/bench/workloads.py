@@ -61,3 +61,8 @@ def bulk_work(seconds: float) -> None:
 def probe(sent: float) -> float:
     """A REALTIME probe of the latency workload: returns when it ran."""
     return time.perf_counter() - sent
+
+
+def nap(seconds: float) -> None:
+    """A job that waits ``seconds`` without using the CPU (the Dask backend's sleep target)."""
+    time.sleep(seconds)
