@@ -2,7 +2,15 @@
 
 One responsibility: drive a paginated source through a pool. It sits ABOVE the
 executor and uses only its public ``submit`` (so a view's options apply); it
-imports errors, retry and run_store (the SQLite records), never the executor.
+imports errors, retry, serialization, run_store (the SQLite records) and the
+run modules below, never the executor. This module is the public face:
+``map_pages`` (arguments, store, resume or replay), the ``Run`` iterator and its
+controls, and the live runs of each pool. The run itself is split by layer::
+
+    run_state.py   RunState: what the run's threads share, one lock; RunProgress
+    run_output.py  RunOutput(RunState): the consumer's next(), the keeper thread
+    run_engine.py  RunEngine(RunOutput): the fetch thread, submission, outcomes,
+                   the failure budget, start()
 
 Data flow of one run::
 
@@ -16,634 +24,35 @@ Data flow of one run::
     keeper thread (only with a store or stuck_after) <┘ group commit to the
       RunStore; stuck pages -> on_page_stuck listeners
 
-Lifetime: the threads and the Futures' callbacks hold the internal ``_Core``,
+Lifetime: the threads and the Futures' callbacks hold the internal ``RunEngine``,
 never the public ``Run``; so a ``Run`` dropped by its consumer is collected,
 its finalizer closes the core, and the threads end by themselves.
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
-import logging
 import math
 import os
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable, Iterable
-from concurrent.futures import CancelledError, Future
-from dataclasses import dataclass
 from typing import Any
 
-from .errors import QueueFullError, RunFailedError, RunFinishedError
+from .errors import RunFinishedError
 from .retry import RetryPolicy
-from .run_store import MISSING, Op, RunStore, encode_items, pickle_cursor
+from .run_engine import SHARE_MIN_ITEMS as SHARE_MIN_ITEMS
+from .run_engine import RunEngine
+from .run_output import COMMIT_INTERVAL as COMMIT_INTERVAL
+from .run_state import _END
+from .run_state import RunProgress as RunProgress
+from .run_store import RunStore, pickle_cursor
 from .serialization import loads
 
 __all__ = ["Run", "RunProgress", "live_runs", "map_pages"]
 
-logger = logging.getLogger("batchpool")
-
-#: Seconds between group commits while no page finishes (a finished page commits at once).
-COMMIT_INTERVAL = 0.2
-#: A failure share (float ``tolerated_failure``) is judged once this many items completed.
-SHARE_MIN_ITEMS = 20
 _DEFAULT_FETCH_RETRY = RetryPolicy(max_attempts=3)
-
-# Item states within a page.
-_WAIT, _RUN, _OK, _FAIL, _GONE = 0, 1, 2, 3, 4
-_END = object()  # the frontier after the last page
-
-
-@dataclass(frozen=True)
-class RunProgress:
-    """A snapshot of a run (``Run.progress``).
-
-    Example:
-        >>> RunProgress("r", 1, 0, 0, 0, 20, 0, 0, True, None).items_done
-        20
-    """
-
-    run_id: str
-    """The run's id (given, or generated)."""
-    pages_done: int
-    """Pages whose every item has an outcome (recorded ones of a resumed run included)."""
-    pages_running: int
-    """Pages fetched whose items are not all done."""
-    pages_stuck: int
-    """Running pages with an item submitted more than ``stuck_after`` seconds ago and not done."""
-    pages_failed: int
-    """Pages with at least one failed item, or whose fetch failed for good."""
-    items_done: int
-    """Items that completed with a result."""
-    items_failed: int
-    """Items that failed (after the pool's retries)."""
-    items_retrying: int
-    """Always 0 for now: the pool does not yet tell a retried job from a running one."""
-    finished: bool
-    """Nothing more will run: the source is exhausted and every item is done, or the run stopped."""
-    slowest: tuple[Any, float] | None
-    """(cursor, seconds) of the running page whose oldest unfinished item was submitted longest ago."""
-
-
-class _Page:
-    """One fetched page: its items and the state, result and Future of each."""
-
-    __slots__ = (
-        "cursor",
-        "failed",
-        "futures",
-        "items",
-        "results",
-        "seq",
-        "settled",
-        "state",
-        "stuck",
-        "submitted",
-        "t_submit",
-        "unconsumed",
-    )
-
-    def __init__(self, seq: int, cursor: Any, items: list[Any]) -> None:
-        self.seq = seq
-        self.cursor = cursor
-        self.items = items
-        n = len(items)
-        self.state = bytearray(n)
-        self.results: list[Any] = [None] * n
-        self.futures: list[Future[Any] | None] = [None] * n
-        self.t_submit = [0.0] * n
-        self.settled = 0  # items with an outcome (or dropped)
-        self.unconsumed = n  # items not yet yielded or skipped (completion order only)
-        self.submitted = False  # every item went to the pool (or was restored)
-        self.failed = 0
-        self.stuck = False  # reported to the listeners already
-
-
-class _Stopped(Exception):
-    """The run was stopped while the fetch thread waited."""
-
-
-class _Core:
-    """Everything a run shares between its threads; guarded by ``_lock``."""
-
-    def __init__(
-        self,
-        pool: Any,
-        fetch_page: Callable[[Any], Any],
-        process_item: Callable[[Any], Any],
-        *,
-        run_id: str,
-        prefetch: int,
-        ordered: bool,
-        stuck_after: float | None,
-        budget: int | float | None,
-        fetch_retry: RetryPolicy | None,
-        store: RunStore | None,
-        owns_store: bool,
-        keep_results: bool,
-        clock: Callable[[], float],
-    ) -> None:
-        self.pool = pool
-        self.fetch_page = fetch_page
-        self.process_item = process_item
-        self.run_id = run_id
-        self.prefetch = prefetch
-        self.ordered = ordered
-        self.stuck_after = stuck_after
-        self.budget = budget
-        self.fetch_retry = fetch_retry
-        self.store = store
-        self.owns_store = owns_store
-        self.keep_results = keep_results
-        self.clock = clock
-        # One lock for the run's state; three conditions on it, so that a
-        # done-callback wakes the consumer without waking the fetch thread.
-        self._lock = threading.Lock()
-        self._cv_out = threading.Condition(self._lock)
-        self._cv_fetch = threading.Condition(self._lock)
-        self._cv_keep = threading.Condition(self._lock)
-        self.pages: dict[int, _Page] = {}  # open: fetched and not all consumed
-        self.ready: deque[tuple[_Page, int]] = deque()  # completion order
-        self.restored: deque[int] = deque()  # finished pages of the store, yielded from it
-        self.restored_values: deque[Any] = deque()
-        self.resume: deque[tuple[int, Any]] = deque()  # unfinished pages to fetch again
-        self.frontier: Any = _END
-        self.next_seq = 0
-        self.out_seq = 0  # ordered: the page and item yielded next
-        self.out_idx = 0
-        self.running_pages = 0
-        self.pages_done = self.pages_failed = self.items_done = self.items_failed = 0
-        self.failures: list[tuple[Any, BaseException]] = []
-        self.error: BaseException | None = None
-        self.raised = False
-        self.stopping = False
-        self.closed = False
-        self.fetch_ended = False
-        self.writes: list[Op] = []
-        self.page_finished = False
-        self.listeners: list[Callable[[Any, float], None]] = []
-        self.threads: list[threading.Thread] = []
-        self.keeper_alive = False
-        self.store_released = False
-        self.in_submit = False  # the fetch thread is inside pool.submit (which may block)
-
-    # -- starting and stopping -------------------------------------------------------
-
-    def start(self) -> None:
-        fetcher = threading.Thread(target=self._fetch_loop, name=f"batchpool-run-{self.run_id}-fetch")
-        self.threads.append(fetcher)
-        if self.store is not None or self.stuck_after is not None:
-            keeper = threading.Thread(target=self._keep_loop, name=f"batchpool-run-{self.run_id}-keep")
-            self.threads.append(keeper)
-            self.keeper_alive = True
-        for thread in self.threads:
-            thread.start()
-
-    def close(self, wait: bool = True) -> None:
-        """Stop fetching, cancel queued items; with ``wait``, join the run's threads."""
-        with self._lock:
-            self.closed = True
-            futures = self._stop_locked(None)
-        _cancel(futures)
-        if wait:
-            self.join()
-        self.release_store()
-
-    def release_store(self) -> None:
-        """Close a store this run opened, once both its keeper and its consumer are done
-        (the consumer reads finished pages from it; the keeper writes)."""
-        with self._lock:
-            if not self.owns_store or self.store_released or self.keeper_alive:
-                return
-            if not (self.closed or self.raised):
-                return
-            self.store_released = True
-        assert self.store is not None
-        self.store.close()
-
-    def join(self) -> None:
-        current = threading.current_thread()
-        for thread in self.threads:
-            # A listener (on the keeper) may close its own run: never join oneself.
-            # A fetch thread blocked in submit() by a full pool (max_pending) is not
-            # waited for: cancelled jobs keep their place in the pool's queue until
-            # dispatched, so that wait could last as long as the running jobs. It
-            # cancels the job it submits and ends as soon as submit() returns.
-            with self._lock:
-                blocked = thread is self.threads[0] and self.in_submit
-            if thread is not current and thread.ident is not None and not blocked:
-                thread.join()
-
-    def _stop_locked(self, error: BaseException | None) -> list[Future[Any]]:
-        """Enter the stopping state; returns the Futures to cancel (outside the lock:
-        cancelling runs their done-callbacks, which take the lock)."""
-        if error is not None and self.error is None and not self.closed:
-            self.error = error
-        if self.stopping:
-            return []
-        self.stopping = True
-        self._cv_out.notify_all()
-        self._cv_fetch.notify_all()
-        self._cv_keep.notify_all()
-        return [f for page in self.pages.values() for f in page.futures if f is not None]
-
-    def _stopping_now(self) -> bool:
-        return self.stopping
-
-    def ended_locked(self) -> bool:
-        """Nothing more will run: stopped, or source exhausted and every page done."""
-        return self.stopping or (self.fetch_ended and self.running_pages == 0)
-
-    # -- the fetch thread ------------------------------------------------------------
-
-    def _fetch_loop(self) -> None:
-        try:
-            while True:
-                with self._lock:
-                    while not self.stopping and len(self.pages) >= self.prefetch:
-                        self._cv_fetch.wait()
-                    if self.stopping:
-                        return
-                    if self.resume:
-                        seq, cursor = self.resume.popleft()
-                        again = True
-                    elif self.frontier is _END:
-                        return
-                    else:
-                        seq, cursor, again = self.next_seq, self.frontier, False
-                items, next_cursor = self._fetch(cursor)
-                self._add_page(seq, cursor, items, next_cursor, again)
-        except _Stopped:
-            pass
-        except BaseException as exc:  # noqa: BLE001 - any failure here ends the run, with its exception
-            with self._lock:
-                self.pages_failed += 1
-                futures = self._stop_locked(exc)
-            _cancel(futures)
-        finally:
-            with self._lock:
-                self.fetch_ended = True
-                self._cv_out.notify_all()
-                self._cv_keep.notify_all()
-
-    def _fetch(self, cursor: Any) -> tuple[list[Any], Any]:
-        attempt = 1
-        while True:
-            try:
-                page = self.fetch_page(cursor)
-                break
-            except Exception as exc:
-                policy = self.fetch_retry
-                if policy is None or not policy.should_retry(exc, attempt=attempt):
-                    _annotate(exc, cursor, attempt, self.run_id)
-                    raise
-                delay = policy.delay(attempt)
-                logger.info(
-                    "run %s: fetch_page(%r) failed (%r); attempt %d in %.3f s",
-                    self.run_id,
-                    cursor,
-                    exc,
-                    attempt + 1,
-                    delay,
-                )
-                attempt += 1
-                with self._lock:
-                    if self._cv_fetch.wait_for(lambda: self.stopping, delay):
-                        raise _Stopped from None
-        if not isinstance(page, tuple) or len(page) != 2:
-            raise TypeError(f"fetch_page must return a tuple (items, next_cursor), got {type(page).__name__}")
-        items, next_cursor = page
-        if not isinstance(items, Iterable):
-            raise TypeError(
-                f"fetch_page must return (items, next_cursor) with iterable items, got {type(items).__name__}"
-            )
-        return list(items), next_cursor
-
-    def _add_page(self, seq: int, cursor: Any, items: list[Any], next_cursor: Any, again: bool) -> None:
-        page = _Page(seq, cursor, items)
-        op: Op | None = None
-        recorded: list[tuple[int, bool, Any]] = []
-        if self.store is not None:
-            op = ("page", seq, pickle_cursor(cursor), pickle_cursor(next_cursor, "next_cursor"), len(items))
-            if again:
-                recorded = [r for r in self.store.results(self.run_id, seq) if r[1]]  # failed ones run again
-                if recorded and recorded[-1][0] >= len(items):
-                    logger.warning(
-                        "run %s: page %r has fewer items than recorded; running all again", self.run_id, cursor
-                    )
-                    recorded = []
-        with self._lock:
-            if self.stopping:
-                raise _Stopped
-            self.pages[seq] = page
-            self.running_pages += 1
-            if op is not None:
-                self.writes.append(op)
-            if not again:
-                self.frontier = _END if next_cursor is None else next_cursor
-                self.next_seq = seq + 1
-            for idx, _, value in recorded:
-                self.items_done += 1
-                page.settled += 1
-                if value is MISSING:  # done before, result not kept: not in the output
-                    page.state[idx] = _GONE
-                    if not self.ordered:
-                        page.unconsumed -= 1
-                    continue
-                page.state[idx] = _OK
-                page.results[idx] = value
-                if not self.ordered:
-                    self.ready.append((page, idx))
-            self._cv_out.notify_all()
-        for idx, item in enumerate(items):
-            with self._lock:
-                if self.stopping:
-                    raise _Stopped
-                if page.state[idx] != _WAIT:
-                    continue
-                page.state[idx] = _RUN
-                page.t_submit[idx] = self.clock()  # "running" counts from submit, queueing included
-            future = self._submit(item)
-            with self._lock:
-                # A stop that came while submit() blocked (max_pending) did not
-                # see this Future: it is cancelled here instead.
-                stopped = self._stopping_now()  # (a call: mypy would keep the narrowing from above)
-                if not stopped and page.state[idx] == _RUN:
-                    page.futures[idx] = future
-            future.add_done_callback(functools.partial(self._on_done, page, idx))
-            if stopped:
-                future.cancel()
-                raise _Stopped
-        with self._lock:
-            page.submitted = True
-            if page.settled == len(items):
-                self._page_done_locked(page)
-            if not self.ordered and page.unconsumed == 0:
-                self._retire_locked(page)  # empty, or consumed while it was being submitted
-            self._cv_out.notify_all()
-
-    def _submit(self, item: Any) -> Future[Any]:
-        while True:
-            try:
-                with self._lock:
-                    self.in_submit = True
-                future: Future[Any] = self.pool.submit(self.process_item, item)
-                return future
-            except QueueFullError:
-                # on_full="raise" (or a block_timeout): wait for room, or for the stop.
-                with self._lock:
-                    if self._cv_fetch.wait_for(lambda: self.stopping, 0.05):
-                        raise _Stopped from None
-            finally:
-                with self._lock:
-                    self.in_submit = False
-
-    # -- outcomes (pool threads) -----------------------------------------------------
-
-    def _on_done(self, page: _Page, idx: int, future: Future[Any]) -> None:
-        cancelled = future.cancelled()
-        exc = None if cancelled else future.exception()
-        value = None if cancelled or exc is not None else future.result()
-        futures: list[Future[Any]] = []
-        with self._lock:
-            if page.state[idx] != _RUN:
-                return
-            page.futures[idx] = None
-            page.settled += 1
-            if cancelled and self.stopping:
-                page.state[idx] = _GONE  # cancelled by this run's stop: no outcome
-            elif cancelled or exc is not None:
-                if exc is None:
-                    exc = CancelledError(f"item {idx} of the page at cursor {page.cursor!r} was cancelled")
-                futures = self._failed_locked(page, idx, exc)
-            else:
-                self.items_done += 1
-                if self.store is not None:
-                    self.writes.append(("item", page.seq, idx, 1, value if self.keep_results else MISSING))
-                if self.stopping:
-                    page.state[idx] = _GONE  # completed after the stop: recorded, not yielded
-                else:
-                    page.state[idx] = _OK
-                    page.results[idx] = value
-                    if not self.ordered:
-                        self.ready.append((page, idx))
-            if page.submitted and page.settled == len(page.items):
-                self._page_done_locked(page)
-            self._cv_out.notify_all()
-        _cancel(futures)
-
-    def _failed_locked(self, page: _Page, idx: int, exc: BaseException) -> list[Future[Any]]:
-        page.state[idx] = _FAIL
-        self.items_failed += 1
-        page.failed += 1
-        if page.failed == 1:
-            self.pages_failed += 1
-        item = page.items[idx]
-        if self.store is not None:
-            self.writes.append(("item", page.seq, idx, 0, (item, exc)))
-        if self.budget is None:
-            return self._stop_locked(exc)
-        self.failures.append((item, exc))
-        if not self.ordered:
-            self._consumed_locked(page, 1)
-        completed = self.items_done + self.items_failed
-        if isinstance(self.budget, int):
-            over = self.items_failed > self.budget
-        else:
-            over = completed >= SHARE_MIN_ITEMS and self.items_failed > self.budget * completed
-        if not over:
-            return []
-        error = RunFailedError(self.run_id, self.items_failed, completed, list(self.failures[:3]))
-        error.__cause__ = self.failures[0][1]
-        return self._stop_locked(error)
-
-    def _page_done_locked(self, page: _Page) -> None:
-        self.running_pages -= 1
-        self.pages_done += 1
-        if self.store is not None:
-            self.writes.append(("done", page.seq))
-            self.page_finished = True
-        self._cv_keep.notify_all()
-
-    def _consumed_locked(self, page: _Page, n: int) -> None:
-        page.unconsumed -= n
-        if page.unconsumed == 0 and page.submitted:
-            self._retire_locked(page)
-
-    def _retire_locked(self, page: _Page) -> None:
-        if self.pages.pop(page.seq, None) is not None:
-            self._cv_fetch.notify_all()  # a place in the prefetch window
-
-    # -- the consumer ----------------------------------------------------------------
-
-    def next(self) -> Any:
-        error: BaseException | None
-        with self._lock:
-            while True:
-                if self.restored_values:
-                    return self.restored_values.popleft()
-                if self.closed or self.raised:
-                    raise StopIteration
-                got = self._next_ordered_locked() if self.ordered else self._next_any_locked()
-                if got is not _END:
-                    return got
-                if self.error is not None and (self.ordered or not self.ready):
-                    self.raised = True
-                    error = self.error
-                    break
-                if self.fetch_ended and not self.pages and not self.restored:
-                    self.raised = True
-                    error = None
-                    break
-                self._cv_out.wait()
-        self.join()
-        self.release_store()
-        if error is None:
-            raise StopIteration
-        raise error
-
-    def _next_any_locked(self) -> Any:
-        if self.restored:
-            self._load_restored_locked(self.restored.popleft())
-            return _END if not self.restored_values else self.restored_values.popleft()
-        if not self.ready:
-            return _END
-        page, idx = self.ready.popleft()
-        value, page.results[idx] = page.results[idx], None  # hold no result once yielded
-        self._consumed_locked(page, 1)
-        return value
-
-    def _next_ordered_locked(self) -> Any:
-        while True:
-            if self.restored and self.restored[0] == self.out_seq:
-                self._load_restored_locked(self.restored.popleft())
-                self.out_seq += 1
-                if self.restored_values:
-                    return self.restored_values.popleft()
-                continue
-            page = self.pages.get(self.out_seq)
-            if page is None:
-                return _END
-            if self.out_idx >= len(page.items):
-                if not page.submitted:
-                    return _END
-                self._retire_locked(page)
-                self.out_seq += 1
-                self.out_idx = 0
-                continue
-            idx = self.out_idx
-            state = page.state[idx]
-            if state == _OK:  # completed before any stop
-                self.out_idx += 1
-                value, page.results[idx] = page.results[idx], None
-                return value
-            if state in (_WAIT, _RUN) or self.error is not None:
-                return _END  # as map does: an error is raised at the first place not done
-            self.out_idx += 1  # a tolerated failure, or a result not kept: not in the output
-
-    def _load_restored_locked(self, seq: int) -> None:
-        assert self.store is not None
-        for _, ok, value in self.store.results(self.run_id, seq):
-            if value is MISSING:
-                continue
-            if ok:
-                self.restored_values.append(value)
-            elif isinstance(value, tuple) and len(value) == 2:
-                self.failures.append(value)
-
-    # -- the keeper thread -----------------------------------------------------------
-
-    def _keep_loop(self) -> None:
-        poll = COMMIT_INTERVAL if self.stuck_after is None else max(0.01, min(COMMIT_INTERVAL, self.stuck_after / 4))
-        ended = False
-        state = "closed"
-        while not ended:
-            with self._lock:
-                self._cv_keep.wait_for(lambda: self.page_finished or self.ended_locked(), poll)
-                writes, self.writes, self.page_finished = self.writes, [], False
-                ended = self.ended_locked()
-                # The end state is read with the last writes: a close after that is not a failure.
-                state = "failed" if self.error is not None else "closed" if self.stopping else "finished"
-                stuck = [] if self.stopping else self._newly_stuck_locked()
-                listeners = list(self.listeners)
-            if writes and self.store is not None:
-                try:
-                    self.store.write(self.run_id, encode_items(writes))
-                except Exception as exc:
-                    logger.exception("run %s: writing to the store %s failed", self.run_id, self.store.path)
-                    with self._lock:
-                        futures = self._stop_locked(exc)
-                    _cancel(futures)
-            for cursor, age in stuck:
-                for listener in listeners:
-                    try:
-                        listener(cursor, age)
-                    except Exception:
-                        logger.exception("run %s: an on_page_stuck listener failed", self.run_id)
-        if self.store is not None:
-            try:
-                self.store.finish(self.run_id, state)
-            except Exception:
-                logger.exception("run %s: recording its end failed", self.run_id)
-        with self._lock:
-            self.keeper_alive = False
-        self.release_store()
-
-    def _ages_locked(self, now: float) -> list[tuple[_Page, float]]:
-        ages = []
-        for page in self.pages.values():
-            oldest = min((page.t_submit[i] for i, s in enumerate(page.state) if s == _RUN), default=None)
-            if oldest is not None:
-                ages.append((page, now - oldest))
-        return ages
-
-    def _newly_stuck_locked(self) -> list[tuple[Any, float]]:
-        if self.stuck_after is None:
-            return []
-        out = []
-        for page, age in self._ages_locked(self.clock()):
-            if age > self.stuck_after and not page.stuck:
-                page.stuck = True
-                out.append((page.cursor, age))
-        return out
-
-    def progress(self) -> RunProgress:
-        with self._lock:
-            ages = self._ages_locked(self.clock())
-            limit = math.inf if self.stuck_after is None else self.stuck_after
-            slowest = max(ages, key=lambda pa: pa[1], default=None)
-            return RunProgress(
-                run_id=self.run_id,
-                pages_done=self.pages_done,
-                pages_running=self.running_pages,
-                pages_stuck=sum(1 for _, age in ages if age > limit),
-                pages_failed=self.pages_failed,
-                items_done=self.items_done,
-                items_failed=self.items_failed,
-                items_retrying=0,
-                finished=self.ended_locked(),
-                slowest=None if slowest is None else (slowest[0].cursor, slowest[1]),
-            )
-
-
-def _cancel(futures: list[Future[Any]]) -> None:
-    for future in futures:
-        future.cancel()  # a no-op once running: only queued items are cancelled
-
-
-def _annotate(exc: BaseException, cursor: Any, attempts: int, run_id: str) -> None:
-    """Tell which page failed: a ``cursor`` attribute (unless it has one) and a note."""
-    if not hasattr(exc, "cursor"):
-        try:
-            exc.cursor = cursor  # type: ignore[attr-defined]
-        except AttributeError:  # an exception type with __slots__
-            pass
-    add_note = getattr(exc, "add_note", None)  # Python 3.11+
-    if add_note is not None:
-        add_note(f"batchpool run {run_id!r}: fetch_page({cursor!r}) failed after {attempts} attempt(s)")
 
 
 class Run:
@@ -665,7 +74,7 @@ class Run:
         ([0, 1, 10, 11, 20, 21], 3, True)
     """
 
-    def __init__(self, core: _Core) -> None:
+    def __init__(self, core: RunEngine) -> None:
         self._core = core
         # The finalizer holds the core, never the Run: dropping the Run closes it.
         self._finalizer = weakref.finalize(self, core.close, False)
@@ -900,7 +309,7 @@ def map_pages(
             raise ValueError(f"run_id {run_id!r} names a run of this pool that is still live")
         run_store, owns = _open_store(pool, store) if run_id is not None else (None, False)
         try:
-            core = _Core(
+            core = RunEngine(
                 pool,
                 fetch_page,
                 process_item,
@@ -927,7 +336,7 @@ def map_pages(
     return run
 
 
-def _prepare(core: _Core, first_cursor: Any) -> bool:
+def _prepare(core: RunEngine, first_cursor: Any) -> bool:
     """Set where the run starts (fresh, resumed or replayed); True for a replay."""
     store = core.store
     if store is None:
