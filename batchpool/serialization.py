@@ -17,13 +17,15 @@ imports nothing from batchpool. Rules:
   defined under ``if __name__ == "__main__":``) after ``send_by_value``.
   The journal stores callables for a later program: ``dumps_callable`` keeps
   every ``__main__`` callable by value.
-* A batch of calls is pickled in one go; only when that fails is each call
-  pickled on its own, so that the one job that cannot be pickled fails alone.
+* A batch's calls are pickled into one stream, each with a memo of its own
+  (as if pickled alone, like the standard pools do): jobs never share an
+  argument object in the worker. A call that cannot be pickled fails alone.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import struct
@@ -41,6 +43,7 @@ __all__ = [
     "dumps",
     "dumps_callable",
     "dumps_each",
+    "loads_each",
     "dumps_oob",
     "digest",
     "main_importable",
@@ -223,17 +226,7 @@ def dumps_oob(obj: object, threshold: int | None) -> tuple[bytes, list[memoryvie
     if threshold is None:
         return dumps(obj), []
     big: list[memoryview] = []
-
-    def keep(buffer: pickle.PickleBuffer) -> bool:
-        try:
-            raw = buffer.raw()
-        except BufferError:  # not contiguous: let it travel in band
-            return True
-        if raw.nbytes < threshold:
-            return True
-        big.append(raw)
-        return False  # out of band
-
+    keep = _keeper(big, threshold)
     try:
         return pickle.dumps(obj, PROTOCOL, buffer_callback=keep), big
     except Exception:  # noqa: BLE001 - any pickling failure gets a second chance
@@ -276,31 +269,65 @@ def unframe_oob(view: memoryview) -> tuple[memoryview, list[tuple[int, int, int,
     return view[offset:], segments
 
 
+def _keeper(big: list[memoryview], threshold: int | None) -> Callable[[pickle.PickleBuffer], bool] | None:
+    """A ``buffer_callback`` that keeps buffers of ``threshold`` bytes and more out of band."""
+    if threshold is None:
+        return None
+    limit = threshold
+
+    def keep(buffer: pickle.PickleBuffer) -> bool:
+        try:
+            raw = buffer.raw()
+        except BufferError:  # not contiguous: let it travel in band
+            return True
+        if raw.nbytes < limit:
+            return True
+        big.append(raw)
+        return False  # out of band
+
+    return keep
+
+
 def dumps_each(
     items: Sequence[object], threshold: int | None = None
 ) -> tuple[bytes, dict[int, BaseException], list[memoryview]]:
-    """Pickle a list, leaving out the items that cannot be pickled.
+    """Pickle each item on its own, into one stream, leaving out those that cannot be pickled.
 
-    Returns the pickled list of the good items (in order); for each bad
-    item, its index in ``items`` and the exception pickling raised; and the
-    out-of-band buffers (see ``dumps_oob``).
+    Each item is a complete pickle with a memo of its own, as when each call
+    is pickled alone (as the standard pools do): an object that two items
+    share arrives as two objects, so one job changing its argument in place
+    never changes another job's. ``loads_each`` reads them back.
+
+    Returns the stream of the good items (in order); for each bad item, its
+    index in ``items`` and the exception pickling raised; and the
+    out-of-band buffers (see ``dumps_oob``), in the stream's order.
 
     Example:
         >>> import threading
-        >>> data, bad, _ = dumps_each([1, threading.Lock(), 3])
-        >>> loads(data), sorted(bad)
-        ([1, 3], [1])
+        >>> shared = [0]
+        >>> data, bad, _ = dumps_each([shared, threading.Lock(), shared])
+        >>> a, b = loads_each(data)
+        >>> a == b == [0], a is b, sorted(bad)
+        (True, False, [1])
     """
-    try:
-        data, big = dumps_oob(list(items), threshold)
-        return data, {}, big
-    except BaseException:  # noqa: BLE001 - SystemExit from a __reduce__ too: find the culprits below
-        pass
-    good: list[object] = []
+    stream = io.BytesIO()
+    big: list[memoryview] = []
+    keep = _keeper(big, threshold)
     bad: dict[int, BaseException] = {}
+    pickler = pickle.Pickler(stream, PROTOCOL, buffer_callback=keep)
     for i, item in enumerate(items):
+        start, buffers = stream.tell(), len(big)
         try:
-            dumps(item)
+            pickler.dump(item)
+            pickler.clear_memo()
+            continue
+        except BaseException:  # noqa: BLE001 - SystemExit from a __reduce__ too: fall back below
+            stream.seek(start)
+            stream.truncate()
+            del big[buffers:]
+            pickler = pickle.Pickler(stream, PROTOCOL, buffer_callback=keep)  # its state is unknown now
+        try:
+            stream.write(cloudpickle.dumps(item, PROTOCOL, buffer_callback=keep))
         except Exception as exc:  # noqa: BLE001 - reported on that job's Future
             bad[i] = exc
         except BaseException as exc:  # noqa: BLE001 - never let a __reduce__ stop the pool
@@ -309,10 +336,48 @@ def dumps_each(
             error = TypeError(f"the call could not be pickled: {exc!r}")
             error.__cause__ = exc
             bad[i] = error
-        else:
-            good.append(item)
-    data, big = dumps_oob(good, threshold)
-    return data, bad, big
+        if i in bad:
+            stream.seek(start)
+            stream.truncate()
+            del big[buffers:]
+    return stream.getvalue(), bad, big
+
+
+class _Reader:
+    """A file over a memoryview, for ``pickle.Unpickler`` (``io.BytesIO`` would copy it)."""
+
+    def __init__(self, view: memoryview) -> None:
+        self._view = view
+        self.pos = 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self._view) if n < 0 else min(len(self._view), self.pos + n)
+        data = bytes(self._view[self.pos : end])
+        self.pos = end
+        return data
+
+    def readinto(self, buffer: Any) -> int:
+        target = memoryview(buffer).cast("B")
+        n = min(len(target), len(self._view) - self.pos)
+        target[:n] = self._view[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+    def readline(self) -> bytes:
+        rest = self._view[self.pos :]
+        end = bytes(rest).find(b"\n")  # only protocol 0 and 1 read lines; never used here
+        return self.read(len(rest) if end < 0 else end + 1)
+
+
+def loads_each(data: bytes | memoryview, buffers: Sequence[Any] = ()) -> list[Any]:
+    """Unpickle every item of a ``dumps_each`` stream, in order."""
+    view = memoryview(data).cast("B")
+    reader = _Reader(view)
+    unpickler = pickle.Unpickler(reader, buffers=buffers)
+    items = []
+    while reader.pos < len(view):
+        items.append(unpickler.load())
+    return items
 
 
 def lend(view: memoryview) -> pickle.PickleBuffer:

@@ -87,13 +87,13 @@ _Lent = list[tuple[int, memoryview, Any]]
 
 
 def unpack(view: memoryview, lent: _Lent | None = None) -> Any:
-    """Unpickle a framed pickle, mapping its out-of-band buffers.
+    """Unpickle a batch's framed calls (a ``dumps_each`` stream), mapping their out-of-band buffers.
 
     One-shot segments are unlinked once mapped. Arena blocks are lent, and
     recorded in ``lent`` for ``_pinned`` to check after the call.
     """
     data, segments = serialization.unframe_oob(view)
-    return serialization.loads(data, open_buffers(segments, lent))
+    return serialization.loads_each(data, open_buffers(segments, lent))
 
 
 def open_buffers(segments: list[tuple[int, int, int, str]], lent: _Lent | None = None) -> list[Any]:

@@ -439,3 +439,9 @@ def fail_once_at(path_prefix: str, x: int, every: int) -> int:
             pass
         raise ConnectionError(f"item {x} failed once")
     return x
+
+
+def append_and_len(items: list[Any]) -> int:
+    """Change the argument in place; how long it is now."""
+    items.append(1)
+    return len(items)

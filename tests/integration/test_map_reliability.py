@@ -56,3 +56,17 @@ def test_a_map_with_timeout_and_retry_is_not_item_by_item_slow() -> None:
         view = ex.options(timeout=30, retry=RetryPolicy(max_attempts=3))
         assert list(view.map(abs, range(-20_000, 0))) == list(range(20_000, 0, -1))
         assert ex.stats().batches < 500
+
+
+def test_jobs_of_one_batch_never_share_an_argument_object(tmp_path: Path) -> None:
+    shared: list[int] = []
+    with BatchPoolExecutor(max_workers=1) as ex:
+        started, release = str(tmp_path / "started"), str(tmp_path / "release")
+        gate = ex.submit(helpers.gate_job, started, release, 30)
+        helpers.wait_until(lambda: Path(started).exists(), what="the gate to start")
+        futures = [ex.submit(helpers.append_and_len, shared) for _ in range(20)]  # one batch behind the gate
+        Path(release).touch()
+        gate.result(TIMEOUT)
+        # As with the standard pool: each job got its own copy of the list.
+        assert [f.result(TIMEOUT) for f in futures] == [1] * 20
+    assert shared == []

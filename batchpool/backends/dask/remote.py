@@ -94,7 +94,8 @@ def run_remote(
         ProtocolMismatchError: the parent speaks another protocol version.
 
     Example:
-        >>> fn, calls = serialization.dumps_callable(abs), serialization.dumps([((-1,), None), ((2,), None)])
+        >>> fn = serialization.dumps_callable(abs)
+        >>> calls, _, _ = serialization.dumps_each([((-1,), None), ((2,), None)])
         >>> tag, message = run_remote(protocol.PROTOCOL_VERSION, 7, 0, fn, calls)
         >>> protocol.decode_outcome(message)[1]
         [(True, 1), (True, 2)]
@@ -106,7 +107,7 @@ def run_remote(
     except BaseException as exc:  # noqa: BLE001 - the parent fails the batch's jobs with it
         return UNDECODABLE, protocol.picklable_error(exc), True
     try:
-        calls = serialization.loads(calls_blob)
+        calls = serialization.loads_each(calls_blob)
     except BaseException as exc:  # noqa: BLE001 - the parent sends each call alone to find the bad one
         return UNDECODABLE, protocol.picklable_error(exc), False
     if data:
