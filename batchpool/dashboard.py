@@ -219,6 +219,14 @@ def _first(obj: Any, *names: str, default: Any = 0) -> str:
     return _number(default)
 
 
+def _run_state(progress: Any) -> str:
+    """A run's state in a word, from a ``RunProgress``."""
+    if getattr(progress, "finished", False):
+        return "finished"
+    stuck = getattr(progress, "pages_stuck", 0)
+    return f"{stuck} stuck" if stuck else "running"
+
+
 def _optional_panels(s: Stats) -> list[_Panel]:
     """Panels for parts a snapshot may carry (journal, runs, per-key limits): shown when present.
 
@@ -241,8 +249,8 @@ def _optional_panels(s: Stats) -> list[_Panel]:
                 str(name),
                 _first(r, "done", "items_done"),
                 _first(r, "pages", "pages_done"),
-                _first(r, "failed"),
-                _first(r, "state", default=""),
+                _first(r, "failed", "items_failed"),
+                _first(r, "state", default="") or _run_state(r),
             ]
             for name, r in _entries(runs, "run_id")
         ]

@@ -19,8 +19,10 @@ Lifetime rules (each one fixes a way the standard pools have hung or leaked):
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
+import sys
 import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterable, Iterator
@@ -506,13 +508,19 @@ class BatchPoolExecutor(StdlibCompat, Executor):
             >>> s.submitted, s.completed
             (1, 1)
         """
-        return self._metrics.snapshot(
+        stats = self._metrics.snapshot(
             submitted=self._batcher.submitted,
             in_flight=self._backend.in_flight(),
             queued=self._batcher.pending,
             lanes=self._batcher.depths(),
             workers=self._backend.worker_states(),
         )
+        runs = sys.modules.get("batchpool.runs")  # never imported just to say there are none
+        if runs is not None:
+            live = {run.run_id or f"run-{id(run):x}": run.progress for run in runs.live_runs(self)}
+            if live:
+                stats = dataclasses.replace(stats, runs=live)
+        return stats
 
     def add_listener(
         self,

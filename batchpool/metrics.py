@@ -216,6 +216,8 @@ class Stats:
     """The last few failures, newest last."""
     recent_errors_final: list[bool] = field(default_factory=list)
     """For each of ``recent_errors``: True when no retry followed (the Future failed)."""
+    runs: dict[str, Any] = field(default_factory=dict)
+    """``map_pages`` runs in progress on this pool: run id -> its ``RunProgress``."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data.

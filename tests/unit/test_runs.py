@@ -539,3 +539,34 @@ def test_a_replay_restores_the_tolerated_failures(ex: BatchPoolExecutor, tmp_pat
         assert list(replay) == [0, 1, 2, 3, 5]
         assert [(item, str(exc)) for item, exc in replay.failures] == [(4, "bad item 4")]
         assert (replay.progress.items_done, replay.progress.items_failed) == (5, 1)
+
+
+def test_stats_and_the_dashboard_show_a_run_in_progress() -> None:
+    import threading
+
+    from rich.console import Console
+
+    from batchpool.dashboard import render
+
+    release = threading.Event()
+
+    def fetch(cursor: int) -> tuple[list[int], int | None]:
+        return [cursor], (cursor + 1 if cursor < 3 else None)
+
+    def item(x: int) -> int:
+        release.wait(10)
+        return x
+
+    with BatchPoolExecutor(max_workers=2, backend="thread") as ex:
+        run = ex.map_pages(fetch, item, 0, run_id="backfill")
+        try:
+            stats = ex.stats()
+            assert set(stats.runs) == {"backfill"}
+            assert stats.runs["backfill"].items_done == 0
+            console = Console(width=80, height=40, record=True)
+            console.print(render(stats, width=80, height=40))
+            assert "backfill" in console.export_text()
+        finally:
+            release.set()
+            assert sorted(run) == [0, 1, 2, 3]
+        assert ex.stats().runs == {} or ex.stats().runs["backfill"].finished
