@@ -44,6 +44,7 @@ class Worker:
         "retiring",
         "sent",
         "skipping",
+        "stop_sent",
         "timed",
         "writing",
     )
@@ -67,6 +68,7 @@ class Worker:
         self.timed: int | None = None  # id of the batch with a timeout it runs, if any
         self.killed = ""  # why we killed it, if we did
         self.retiring = False  # to stop once its batches are done (a shrinking pool)
+        self.stop_sent = False  # told to stop (MSG_STOP): it exits, and is not told twice
 
     @property
     def idle(self) -> bool:
@@ -133,7 +135,8 @@ def stop_workers(workers: list[Worker], grace: float) -> None:
     from ...protocol import MSG_STOP
 
     for worker in workers:
-        if worker.process.is_alive():
+        if worker.process.is_alive() and not worker.stop_sent:
+            worker.stop_sent = True
             worker.channel.send(MSG_STOP)
             worker.channel.flush()
     deadline = time.monotonic() + grace
