@@ -12,6 +12,7 @@ Example:
 
 from typing import TYPE_CHECKING
 
+from .batching.limits import UNLIMITED as UNLIMITED
 from .errors import BatchPoolError as BatchPoolError
 from .errors import BatchResultError as BatchResultError
 from .errors import DuplicateJobError as DuplicateJobError
@@ -82,6 +83,7 @@ __all__ = [
     "ShutdownError",
     "Stats",
     "TransportError",
+    "UNLIMITED",
     "WorkerCrashedError",
     "Dashboard",
     "batched",

@@ -29,6 +29,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from .batching.limits import UNLIMITED, Unlimited
+from .errors import QueueFullError
 from .metrics import KeyLimitStats, Stats
 from .options import check_int, check_seconds, check_timeout
 from .retry import CircuitBreaker
@@ -248,9 +249,16 @@ class PoolControl:
 
     # -- used by the executor ----------------------------------------------------------
 
-    def _put_paused(self, job: Job) -> bool:
-        """``on_full="caller_runs"`` on a paused pool: block for room instead of running here."""
-        return self._batcher.put(job, block=True, timeout=self._block_timeout)
+    def _put_paused(self, job: Job) -> None:
+        """``on_full="caller_runs"`` on a paused pool: block for room instead of running here.
+
+        Raises:
+            QueueFullError: no room came within ``block_timeout``.
+        """
+        if not self._batcher.put(job, block=True, timeout=self._block_timeout):
+            assert self._batcher.max_pending is not None
+            raise QueueFullError(self._batcher.max_pending)
+        self._backend.notify()
 
     def _apply_policy(
         self,

@@ -39,6 +39,7 @@ PUBLIC = [
     "ShutdownError",
     "Stats",
     "TransportError",
+    "UNLIMITED",
     "WorkerCrashedError",
     "Dashboard",
     "batched",
