@@ -100,7 +100,7 @@ class TokenBucket:
         10.0
         >>> bucket.take(10, 0.0); bucket.available(0.05)
         5.0
-        >>> round(bucket.ready_at(10, 0.05), 6)        # 5 more tokens take 50 ms
+        >>> round(bucket.ready_at(10, 0.05), 3)        # 5 more tokens take 50 ms
         0.1
     """
 
