@@ -90,6 +90,9 @@ class _Ramp:
             self._thread.join()
 
 
+_RESIZE_LOCK = threading.Lock()
+
+
 def _check_limit(name: str, value: object, *, integer: bool) -> None:
     if value is None or value is UNLIMITED:
         return
@@ -163,22 +166,27 @@ class PoolControl:
         state = self._state
         if not state.accepting:
             raise RuntimeError("cannot resize a pool after shutdown")
-        previous, self._ramp = self._ramp, None
-        if previous is not None:
-            previous.cancel()
-        if duration == 0:
-            state.set_target(max_workers)
-            return
-        steps = ramp_steps(state.target_workers, max_workers, duration)
-        if not steps:
-            return
-        self._ramp = _Ramp(state, steps)
-        if not self._ramp_hooked:
+        # Resizes are rare: one lock for all pools orders concurrent ones
+        # (the last one wins, and no ramp outlives its replacement).
+        with _RESIZE_LOCK:
+            previous, self._ramp = self._ramp, None
+            if previous is not None:
+                previous.cancel()
+            if duration == 0:
+                state.set_target(max_workers)
+                return
+            steps = ramp_steps(state.target_workers, max_workers, duration)
+            if not steps:
+                return
+            self._ramp = _Ramp(state, steps)
+            hook = not self._ramp_hooked
             self._ramp_hooked = True
+        if hook:
             self._add_shutdown_hook(self._cancel_ramp)
 
     def _cancel_ramp(self) -> None:
-        ramp, self._ramp = self._ramp, None
+        with _RESIZE_LOCK:
+            ramp, self._ramp = self._ramp, None
         if ramp is not None:
             ramp.cancel()
 
@@ -289,6 +297,7 @@ class PoolControl:
         if max_concurrency is not None or rate_limit is not None or ramp is not None:
             self._batcher.set_limit(key, max_concurrency=max_concurrency, rate_limit=rate_limit, ramp=ramp)
         self._batcher.set_policy(key, size, delay)
+        self._backend.notify()  # a raised limit may let a waiting lane go now
         if circuit_breaker is not None:
             self._breakers[key] = circuit_breaker
 

@@ -371,3 +371,32 @@ def test_stats_dashboard_and_prometheus_show_the_controls() -> None:
         assert 'batchpool_paused{pool="p"} 1' in prom
         assert 'batchpool_key_max_concurrency{pool="p",key="api"} 4' in prom
         ex.resume()
+
+
+def fail_once_after_gate(path: str, gate: str) -> int:
+    assert wait_for_path(gate, RESULT_TIMEOUT)
+    with open(path, "a") as f:
+        f.write("x")
+    runs = len(Path(path).read_text())
+    if runs == 1:
+        raise ConnectionError("first attempt fails")
+    return runs
+
+
+def test_while_paused_retries_wait_and_timeouts_do_not_tick(tmp_path: Path) -> None:
+    from batchpool import RetryPolicy
+
+    policy = RetryPolicy(max_attempts=3, backoff=0.01, jitter=False, retry_on=(ConnectionError,))
+    with BatchPoolExecutor(max_workers=2, backend="thread") as ex:
+        gate, runs = tmp_path / "gate", tmp_path / "runs"
+        retried = ex.options(retry=policy).submit(fail_once_after_gate, str(runs), str(gate))
+        wait_until(retried.running, RESULT_TIMEOUT, "the first attempt to start")
+        ex.pause()
+        timed = ex.options(timeout=0.05).submit(abs, -5)  # waits far longer than its time limit
+        gate.touch()
+        assert ex.pause(wait=True, timeout=RESULT_TIMEOUT)  # the first attempt failed meanwhile
+        time.sleep(0.3)  # the backoff (10 ms) passes; nothing may run
+        assert runs.read_text() == "x" and not retried.done() and not timed.done()
+        ex.resume()
+        assert retried.result(timeout=RESULT_TIMEOUT) == 2
+        assert timed.result(timeout=RESULT_TIMEOUT) == 5
