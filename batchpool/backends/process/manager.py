@@ -88,6 +88,7 @@ class ProcessBackend(Backend):
             self._shm_prefix = shm.pool_prefix(f"{next(_pool_ids)}")
             self._transport = ring.RingTransport()
         self._workers: dict[int, Worker] = {}
+        self._retiring = 0  # workers in _workers marked retiring (kept so that _live() is O(1))
         self._resend: deque[Batch] = deque()
         self._manager: threading.Thread | None = None
         # Guards the one-time start; join() takes it too, so a shutdown from
@@ -282,7 +283,7 @@ class ProcessBackend(Backend):
 
     def _live(self) -> int:
         """Workers that are not retiring."""
-        return sum(1 for w in self._workers.values() if not w.retiring)
+        return len(self._workers) - self._retiring
 
     def _apply_target(self) -> None:
         """Retire or keep workers so that the live ones match the target; stop idle retirees."""
@@ -293,11 +294,13 @@ class ProcessBackend(Backend):
             for worker in workers:  # keep retirees not yet told to stop, before starting new ones
                 if worker.retiring and not worker.stop_sent and not worker.killed and len(live) < target:
                     worker.retiring = False
+                    self._retiring -= 1
                     live.append(worker)
         elif len(live) > target:
             # Idle workers first, then the least loaded.
             for worker in sorted(live, key=lambda w: (not w.idle, len(w.inflight)))[: len(live) - target]:
                 worker.retiring = True
+                self._retiring += 1
                 self._reclaim_prefetched(worker)
         for worker in workers:
             if worker.retiring and worker.idle and not worker.stop_sent and not worker.killed:
@@ -320,7 +323,7 @@ class ProcessBackend(Backend):
     def _dispatch(self) -> None:
         paused = self.state.paused
         target = self.state.target_workers
-        if target != len(self._workers) or any(w.retiring for w in self._workers.values()):
+        if target != len(self._workers) or self._retiring:
             self._apply_target()
         while not paused and (self._resend or self.batcher.pending):
             worker = self._pick_worker()
@@ -565,6 +568,8 @@ class ProcessBackend(Backend):
         exitcode = worker.process.exitcode
         unstarted = worker.control.unstarted() if worker.control is not None else 0
         del self._workers[worker.id]
+        if worker.retiring:
+            self._retiring -= 1
         batches = list(worker.inflight.values())
         worker.inflight.clear()
         close_worker(worker)
@@ -617,6 +622,7 @@ class ProcessBackend(Backend):
         grace = 0.0 if self.state.phase == Phase.ABORTED else STOP_GRACE
         stop_workers(list(self._workers.values()), grace)
         self._workers.clear()
+        self._retiring = 0
         if self._shm_prefix is not None:
             # Results a dead worker wrote but never announced, and anything
             # else of this pool's: no segment outlives the pool.
