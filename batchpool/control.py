@@ -205,7 +205,10 @@ class PoolControl:
             timeout: with ``wait``, wait at most this many seconds.
 
         Returns:
-            True when nothing dispatched is unfinished (always True without ``wait``).
+            True when nothing dispatched is unfinished (always True without
+            ``wait``); False if ``timeout`` passed first, or at once when
+            called from one of the pool's own threads (a job or a
+            done-callback), which would otherwise wait for itself.
 
         Raises:
             RuntimeError: the pool is shut down.
@@ -228,6 +231,11 @@ class PoolControl:
             raise RuntimeError("cannot pause a pool after shutdown")
         if not wait:
             return True
+        me = threading.current_thread()
+        if me is getattr(self._backend, "manager_thread", None) or me in self._backend.compat_workers().values():
+            # A job or a done-callback on a pool thread: waiting for the
+            # dispatched batches would wait for itself (as shutdown() does not).
+            return False
         return self._ledger.wait_idle(deadline)
 
     def resume(self) -> None:

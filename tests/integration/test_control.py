@@ -400,3 +400,49 @@ def test_while_paused_retries_wait_and_timeouts_do_not_tick(tmp_path: Path) -> N
         ex.resume()
         assert retried.result(timeout=RESULT_TIMEOUT) == 2
         assert timed.result(timeout=RESULT_TIMEOUT) == 5
+
+
+def sleep_and_count(path: str, x: int) -> int:
+    time.sleep(0.001)
+    return count_run(path, x)
+
+
+@pytest.mark.stress
+@pytest.mark.skipif(not os.environ.get("BATCHPOOL_STRESS"), reason="stress loop: set BATCHPOOL_STRESS=1")
+def test_random_resizes_and_pauses_while_jobs_flow(pool: Pool, tmp_path: Path) -> None:
+    import random
+
+    rng = random.Random(16)
+    ex = pool(max_workers=2)
+    ex.set_policy("limited", max_concurrency=2)
+    runs = str(tmp_path / "runs")
+    futures = []
+    for i in range(3000):
+        view = ex.options(key="limited") if i % 3 == 0 else ex
+        futures.append(view.submit(sleep_and_count, runs, i))
+        if i % 50 == 0:
+            action = rng.random()
+            if action < 0.6:
+                ex.resize(rng.randint(1, 4))
+            elif action < 0.8:
+                ex.pause()
+            else:
+                ex.resume()
+    ex.resume()
+    assert [f.result(timeout=120) for f in futures] == list(range(3000))
+    assert sorted(map(int, Path(runs).read_text().split())) == list(range(3000))
+    assert ex.stats().key_limits["limited"].running == 0
+
+
+def test_pause_wait_from_a_done_callback_does_not_wait_for_itself(pool: Pool, tmp_path: Path) -> None:
+    ex = pool()
+    seen: list[bool] = []
+    gate = tmp_path / "gate"
+    fut = ex.submit(wait_for_path, str(gate), RESULT_TIMEOUT)
+    fut.add_done_callback(lambda _: seen.append(ex.pause(wait=True)))  # runs on a pool thread
+    gate.touch()
+    assert fut.result(timeout=RESULT_TIMEOUT) is True
+    wait_until(lambda: bool(seen), RESULT_TIMEOUT, "the callback")
+    assert seen == [False]  # it did not wait for its own batch
+    ex.resume()
+    assert ex.submit(abs, -2).result(timeout=RESULT_TIMEOUT) == 2
