@@ -164,6 +164,7 @@ class Batcher:
         self._space_waiters = 0
         self._last_realtime = -REALTIME_WINDOW * 2
         self._limits: dict[Hashable, KeyLimit] = {}
+        self._lifted: dict[Hashable, KeyLimit] = {}  # lifted limits whose jobs were still running
         #: Job id -> the slot it holds, for jobs cut from a limited lane and not
         #: done yet. Read without the lock by the ledger: it is non-empty
         #: whenever a job in it is being settled (the job went in first).
@@ -206,27 +207,28 @@ class Batcher:
         """
         with self._lock:
             now = self._clock()
-            limit = self._limits.get(key) or KeyLimit()
-            if max_concurrency is UNLIMITED:
-                limit.max_concurrency = None
-            elif max_concurrency is not None:
-                limit.max_concurrency = max_concurrency
+            # A limit lifted while its jobs ran is found again, so they still count.
+            limit = self._limits.get(key) or self._lifted.pop(key, None) or KeyLimit()
             rate = limit.bucket.rate if limit.bucket is not None else None
             if rate_limit is UNLIMITED:
                 rate = None
             elif rate_limit is not None:
                 rate = float(rate_limit)
+            if rate is None and ramp:
+                raise ValueError("ramp needs a rate_limit (the rate to ramp up to)")  # before any change
+            if max_concurrency is UNLIMITED:
+                limit.max_concurrency = None
+            elif max_concurrency is not None:
+                limit.max_concurrency = max_concurrency
             if rate is None:
-                if ramp:
-                    raise ValueError("ramp needs a rate_limit (the rate to ramp up to)")
                 limit.bucket = None
             elif rate_limit is not None or ramp is not None:
                 saved = limit.bucket.available(now) if limit.bucket is not None else None
                 limit.bucket = TokenBucket(rate, now=now, ramp=ramp or 0.0, tokens=saved)
-            if limit.unlimited:
-                self._limits.pop(key, None)  # jobs holding its slots still release into it, harmlessly
-            else:
+            if not limit.unlimited:
                 self._limits[key] = limit
+            elif self._limits.pop(key, None) is not None and limit.running:
+                self._lifted[key] = limit  # its running jobs still release into it
             self._cond.notify_all()  # a raised limit may let waiting lanes go
 
     def job_done(self, job: Job) -> None:

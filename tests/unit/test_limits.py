@@ -202,3 +202,21 @@ def test_a_new_rate_ends_a_ramp_and_ramp_alone_restarts_it() -> None:
     b.set_limit("k", ramp=4.0)  # ramp the current rate again
     clock.now += 2
     assert b.key_limits()["k"][2] == pytest.approx(55.0)
+
+
+def test_a_refused_set_limit_changes_nothing_and_a_lifted_limit_keeps_counting() -> None:
+    clock = Clock()
+    b = make(clock)
+    b.set_limit("k", max_concurrency=1)
+    with pytest.raises(ValueError, match="ramp"):
+        b.set_limit("k", max_concurrency=5, ramp=1.0)
+    assert b.key_limits()["k"][1] == 1
+    b.put(job())
+    b.put(job())
+    running = b.take(max_jobs=64, idle_workers=1)
+    assert running is not None
+    b.set_limit("k", max_concurrency=UNLIMITED)  # lifted while a job runs
+    b.set_limit("k", max_concurrency=1)  # and set again: the running job still counts
+    assert b.key_limits()["k"][0] == 1 and b.take(max_jobs=64, idle_workers=1) is None
+    b.job_done(running.jobs[0])
+    assert b.take(max_jobs=64, idle_workers=1) is not None
