@@ -265,8 +265,12 @@ class PoolControl:
 
     # -- used by the executor ----------------------------------------------------------
 
+    def _must_queue(self, job: Job) -> bool:
+        """``on_full="caller_runs"`` may not run ``job`` here: the pool is paused, or its key has a limit."""
+        return self._state.paused or self._batcher.is_limited(job)
+
     def _put_paused(self, job: Job) -> None:
-        """``on_full="caller_runs"`` on a paused pool: block for room instead of running here.
+        """``on_full="caller_runs"`` when the job may not run here: block for room instead.
 
         Raises:
             QueueFullError: no room came within ``block_timeout``.

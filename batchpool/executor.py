@@ -280,8 +280,8 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
     def _on_queue_full(self, job: Job) -> Future[Any]:
         assert self._max_pending is not None
         if self._on_full == "caller_runs":
-            if self._state.paused:
-                self._put_paused(job)  # a paused pool runs nothing, not even here: wait for room
+            if self._must_queue(job):
+                self._put_paused(job)  # paused, or a limited key: not even here; wait for room
                 return job.future
             self._run_here(job)
             return job.future

@@ -231,6 +231,10 @@ class Batcher:
                 self._lifted[key] = limit  # its running jobs still release into it
             self._cond.notify_all()  # a raised limit may let waiting lanes go
 
+    def is_limited(self, job: Job) -> bool:
+        """The job's key has a concurrency or rate limit (read without the lock: a hint)."""
+        return bool(self._limits) and lane_key(job)[2] in self._limits
+
     def job_done(self, job: Job) -> None:
         """A job cut from a limited lane has finished: free its slot (the ledger calls this)."""
         with self._lock:

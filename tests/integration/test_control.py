@@ -446,3 +446,20 @@ def test_pause_wait_from_a_done_callback_does_not_wait_for_itself(pool: Pool, tm
     assert seen == [False]  # it did not wait for its own batch
     ex.resume()
     assert ex.submit(abs, -2).result(timeout=RESULT_TIMEOUT) == 2
+
+
+def test_caller_runs_respects_a_key_limit(tmp_path: Path) -> None:
+    with BatchPoolExecutor(
+        max_workers=1, backend="thread", max_pending=1, on_full="caller_runs", block_timeout=0.2
+    ) as ex:
+        ex.set_policy("one", max_concurrency=1)
+        gate, started = tmp_path / "gate", tmp_path / "started"
+        view = ex.options(key="one")
+        running = view.submit(mark_and_sleep_until, str(started), str(gate))
+        assert wait_for_path(str(started), RESULT_TIMEOUT)
+        queued = view.submit(threading.get_ident)  # waits for the slot
+        with pytest.raises(QueueFullError):
+            view.submit(threading.get_ident)  # not run here past the limit
+        gate.touch()
+        assert running.result(timeout=RESULT_TIMEOUT) == "done"
+        assert queued.result(timeout=RESULT_TIMEOUT) != threading.get_ident()
