@@ -366,6 +366,9 @@ def test_stats_dashboard_and_prometheus_show_the_controls() -> None:
         console.print(render(s, width=100))
         text = console.export_text()
         assert "PAUSED" in text and "target 3" in text and "Per-key limits" in text
+        from batchpool.dashboard import one_line
+
+        assert one_line(s).endswith(", target 3), PAUSED")
         prom = s.to_prometheus(pool="p")
         assert 'batchpool_target_workers{pool="p"} 3' in prom
         assert 'batchpool_paused{pool="p"} 1' in prom
