@@ -14,6 +14,7 @@ Example:
 
 from typing import TYPE_CHECKING
 
+from .batching.limits import UNLIMITED as UNLIMITED
 from .errors import BatchPoolError as BatchPoolError
 from .errors import BatchResultError as BatchResultError
 from .errors import DuplicateJobError as DuplicateJobError
@@ -88,6 +89,7 @@ __all__ = [
     "Stats",
     "ThreadPoolExecutor",
     "TransportError",
+    "UNLIMITED",
     "WorkerCrashedError",
     "Dashboard",
     "batched",

@@ -353,10 +353,13 @@ def one_line(stats: Stats) -> str:
         True
     """
     s = stats
+    target = getattr(s, "target_workers", None)
+    aim = f", target {target}" if target is not None and target != len(s.workers) else ""
     return (
         f"batchpool: {s.throughput_1s:,.0f} jobs/s, done {s.completed:,}, failed {s.failed:,}, "
         f"in flight {s.in_flight:,}, queued {s.queued:,}, p99 end to end {duration(s.end_to_end.p99)}, "
-        f"workers {len(s.workers)} (restarts {s.worker_restarts})"
+        f"workers {len(s.workers)} (restarts {s.worker_restarts}{aim})"
+        + (", PAUSED" if getattr(s, "paused", False) else "")
     )
 
 

@@ -33,7 +33,9 @@ from typing_extensions import ParamSpec
 
 from .backends import load_backend
 from .batching import Batcher
+from .batching.limits import Unlimited
 from .compat import StdlibCompat
+from .control import PoolControl
 from .errors import QueueFullError, ShutdownError
 from .futures import LightFuture
 from .jobs import BATCHED, BATCHED_BISECT, CALLS, Batch, Job, is_batched
@@ -46,7 +48,6 @@ from .options import (
     JobOptions,
     Priority,
     check_int,
-    check_seconds,
     check_timeout,
     make_config,
 )
@@ -67,7 +68,7 @@ R = TypeVar("R")
 _ON_FULL = ("block", "raise", "caller_runs")
 logger = logging.getLogger("batchpool")
 
-class BatchPoolExecutor(StdlibCompat, Executor):
+class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
     """An Executor that carries calls to its workers in batches.
 
     A drop-in for ``ProcessPoolExecutor`` (the default, ``backend="process"``)
@@ -293,6 +294,9 @@ class BatchPoolExecutor(StdlibCompat, Executor):
     def _on_queue_full(self, job: Job) -> Future[Any]:
         assert self._max_pending is not None
         if self._on_full == "caller_runs":
+            if self._must_queue(job):
+                self._put_paused(job)  # paused, or a limited key: not even here; wait for room
+                return job.future
             self._run_here(job)
             return job.future
         raise QueueFullError(self._max_pending)  # on_full="raise", or a block that timed out
@@ -508,12 +512,14 @@ class BatchPoolExecutor(StdlibCompat, Executor):
             >>> s.submitted, s.completed
             (1, 1)
         """
-        stats = self._metrics.snapshot(
-            submitted=self._batcher.submitted,
-            in_flight=self._backend.in_flight(),
-            queued=self._batcher.pending,
-            lanes=self._batcher.depths(),
-            workers=self._backend.worker_states(),
+        stats = self._control_stats(
+            self._metrics.snapshot(
+                submitted=self._batcher.submitted,
+                in_flight=self._backend.in_flight(),
+                queued=self._batcher.pending,
+                lanes=self._batcher.depths(),
+                workers=self._backend.worker_states(),
+            )
         )
         runs = sys.modules.get("batchpool.runs")  # never imported just to say there are none
         if runs is not None:
@@ -638,30 +644,38 @@ class BatchPoolExecutor(StdlibCompat, Executor):
         max_batch_size: int | None = None,
         max_delay: float | None = None,
         circuit_breaker: CircuitBreaker | None = None,
+        max_concurrency: int | Unlimited | None = None,
+        rate_limit: float | Unlimited | None = None,
+        ramp: float | None = None,
     ) -> None:
-        """Batching limits and an optional circuit breaker for one key.
+        """Batching, concurrency and rate limits, and a circuit breaker, for one key; at any time.
 
         ``key`` is what ``options(key=...)`` names, or a callable (the default
-        key of its jobs). Limits not given keep the pool's defaults.
+        key of its jobs). Only the arguments given change: one left out (None)
+        keeps the key's current value (at first, the pool's defaults: no
+        concurrency or rate limit). ``batchpool.UNLIMITED`` lifts a limit, as
+        ``resource.RLIM_INFINITY`` does an rlimit.
+
+        Args:
+            max_batch_size: most jobs in one batch of this key.
+            max_delay: seconds a partial batch of this key may wait for more.
+            circuit_breaker: a ``CircuitBreaker`` for this key's jobs.
+            max_concurrency: most jobs of this key running at once across
+                workers (``@batched`` functions: calls).
+            rate_limit: most job starts per second (``@batched``: items),
+                smoothed, with a burst of a tenth of a second's worth.
+            ramp: seconds over which the rate rises linearly from a tenth of
+                ``rate_limit`` to all of it (a new ``rate_limit`` or ``ramp``
+                ends a ramp in progress).
 
         Example:
             >>> with BatchPoolExecutor(backend="thread") as ex:
             ...     ex.set_policy("emails", max_batch_size=100, max_delay=0.05)
+            ...     ex.set_policy("emails", max_concurrency=2, rate_limit=50)  # batching kept
             ...     ex.options(key="emails").submit(len, "hi").result(timeout=10)
             2
         """
-        try:
-            hash(key)
-        except TypeError:
-            raise TypeError(f"key must be hashable, got {type(key).__name__}") from None
-        size = self._config.max_batch_size if max_batch_size is None else max_batch_size
-        delay = self._config.max_delay if max_delay is None else max_delay
-        check_int("max_batch_size", size, 1)
-        self._batcher.set_policy(key, size, check_seconds("max_delay", delay))
-        if circuit_breaker is not None:
-            if not isinstance(circuit_breaker, CircuitBreaker):
-                raise TypeError("circuit_breaker must be a batchpool.CircuitBreaker")
-            self._breakers[key] = circuit_breaker
+        self._apply_policy(key, max_batch_size, max_delay, circuit_breaker, max_concurrency, rate_limit, ramp)
 
     def map_pages(
         self,

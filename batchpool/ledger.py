@@ -17,6 +17,12 @@ limit), an abort, or the user's ``cancel()``; whoever comes second is ignored
 attempt that was already given up on (a timed-out thread that finally returns,
 while its retry waits) is dropped by comparing attempt numbers.
 
+A job cut from a lane with a per-key limit holds a slot of that limit; the
+ledger frees it (``batcher.job_done``) when the job is settled or dropped, and
+the batcher frees it when the job comes back to the lanes (a retry, a job
+given back). Jobs of unlimited keys hold nothing, so this costs them one
+check of an empty dict.
+
 Circuit breakers hear every final outcome here, and a job dropped before it
 ran (cancelled) frees its breaker's trial slot. Observers (the journal) hear
 every transition: ``job_running``, ``job_done``, ``job_failed``,
@@ -92,6 +98,9 @@ class Ledger:
         # from several threads; each critical section is one dict operation.
         self._lock = threading.Lock()
         self._claimed: dict[int, Batch] = {}
+        # pause(wait=True) waits here for the dispatched batches to finish.
+        self._settled = threading.Condition(self._lock)
+        self._settled_waiters = 0
 
     # -- dispatch --------------------------------------------------------------------
 
@@ -126,14 +135,27 @@ class Ledger:
         """The batch is off the books without a timing (given back, split, or failed whole)."""
         with self._lock:
             self._claimed.pop(batch.id, None)
+            if self._settled_waiters and not self._claimed:
+                self._settled.notify_all()
 
     def finish(self, batch: Batch, run_time: float) -> None:
         """The batch ran to its end in ``run_time`` seconds (timing and metrics)."""
         with self._lock:
             self._claimed.pop(batch.id, None)
+            if self._settled_waiters and not self._claimed:
+                self._settled.notify_all()
         batch.mark_done(run_time)
         self.batcher.record(batch.timing_key, len(batch.jobs), run_time)
         self.metrics.batch_done(len(batch.jobs), run_time, time.monotonic() - batch.mean_submit, batch.record)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until no dispatched batch is unfinished; False if ``timeout`` seconds passed first."""
+        with self._lock:
+            self._settled_waiters += 1
+            try:
+                return self._settled.wait_for(lambda: not self._claimed, timeout)
+            finally:
+                self._settled_waiters -= 1
 
     def in_flight(self) -> int:
         """Jobs in dispatched batches not finished yet (an upper bound while batches stream)."""
@@ -164,6 +186,8 @@ class Ledger:
         """Settle; how many of the user's items completed (a map chunk counts its items)."""
         if attempt is not None and attempt != job.attempt:
             return 0  # a late result of an attempt already given up on
+        if self.batcher.holding:
+            self.batcher.job_done(job)
         if value.__class__ is ChunkResult and value.errors and self._retry_chunk_items(job, value):
             return len(value.values) - len(value.errors)  # these are final; the rest come back later
         try:
@@ -243,6 +267,8 @@ class Ledger:
                 self._tell("job_retrying", job, exc)
             self.batcher.put_delayed(job, delay)
             return
+        if self.batcher.holding:
+            self.batcher.job_done(job)
         try:
             job.future.set_exception(exc)
         except InvalidStateError:
@@ -257,6 +283,8 @@ class Ledger:
         """Fail every job with ``exc``, no retries (the pool broke, was aborted, or the callable is bad)."""
         failed = 0
         for job in jobs:
+            if self.batcher.holding:
+                self.batcher.job_done(job)
             try:
                 job.future.set_exception(exc)
             except InvalidStateError:
@@ -283,6 +311,8 @@ class Ledger:
         self.metrics.jobs_cancelled(cancelled)
 
     def _dropped(self, job: Job) -> None:
+        if self.batcher.holding:
+            self.batcher.job_done(job)
         if job.breaker is not None:
             job.breaker.release()
         if self.observers:
@@ -293,6 +323,7 @@ class Ledger:
         with self._lock:
             batches = list(self._claimed.values())
             self._claimed.clear()
+            self._settled.notify_all()
         self.fail_all((job for batch in batches for job in batch.jobs), error)
         self.fail_all(self.batcher.drain(), error)
 

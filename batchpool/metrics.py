@@ -163,6 +163,22 @@ class WorkerStats:
 
 
 @dataclass(frozen=True)
+class KeyLimitStats:
+    """One key's concurrency and rate limits, as seen at the snapshot (``Stats.key_limits``)."""
+
+    running: int
+    """Jobs (``@batched``: calls) of the key dispatched and not finished."""
+    limit: int | None
+    """Its ``max_concurrency`` (None: no limit)."""
+    rate_limit: float | None
+    """Starts per second allowed now, rising during a ramp (None: no limit)."""
+    rate: float
+    """Starts (``@batched``: items) in the last second."""
+    waiting: int
+    """Jobs of the key queued."""
+
+
+@dataclass(frozen=True)
 class Stats:
     """A snapshot of a pool (``BatchPoolExecutor.stats()``). Times in seconds."""
 
@@ -218,6 +234,12 @@ class Stats:
     """For each of ``recent_errors``: True when no retry followed (the Future failed)."""
     runs: dict[str, Any] = field(default_factory=dict)
     """``map_pages`` runs in progress on this pool: run id -> its ``RunProgress``."""
+    target_workers: int | None = None
+    """The workers the pool aims at (``resize``); the live ones are ``workers``."""
+    paused: bool = False
+    """``pause()`` is in force: no batch is handed out."""
+    key_limits: dict[str, KeyLimitStats] = field(default_factory=dict)
+    """Per key with a concurrency or rate limit (``set_policy``), by readable name."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data.

@@ -11,8 +11,10 @@ pools (and processes) share one registry and aggregate::
 
     counters    <prefix>_{submitted,completed,failed,cancelled,retried,timed_out,
                 batches,worker_restarts}_total, <prefix>_flushes_total{reason}
-    gauges      <prefix>_{in_flight,queued,throughput,workers},
-                <prefix>_lane_depth{lane}, <prefix>_worker_rss_bytes{worker,pid}
+    gauges      <prefix>_{in_flight,queued,throughput,workers,target_workers,paused},
+                <prefix>_lane_depth{lane}, <prefix>_worker_rss_bytes{worker,pid},
+                <prefix>_key_{running,max_concurrency,rate_limit,rate}{key} (keys
+                with a limit, by readable name, the MAX_KEYS busiest)
     histograms  <prefix>_{queue_wait,run_time,end_to_end}_seconds (le: 1 us to
                 134 s, one bucket per doubling), <prefix>_batch_size (le: 1 to 65536)
 
@@ -78,6 +80,17 @@ class Family:
     """Its series, the pools' in the order given."""
 
 
+#: Most keys exported per pool in the per-key families (the busiest first), so
+#: that keys made from data (a user id) cannot blow up the number of series.
+MAX_KEYS = 50
+
+
+def _limited_keys(s: Stats) -> list[tuple[str, Any]]:
+    limits = getattr(s, "key_limits", None) or {}
+    busiest = sorted(limits.items(), key=lambda kv: (-kv[1].running, -kv[1].rate, kv[0]))
+    return busiest[:MAX_KEYS]
+
+
 def families(pools: Mapping[str, Stats], prefix: str = "batchpool") -> list[Family]:
     """The metric families of one or several pools' snapshots (``{pool name: stats}``).
 
@@ -122,6 +135,34 @@ def families(pools: Mapping[str, Stats], prefix: str = "batchpool") -> list[Fami
     family("queued", "gauge", "Jobs waiting in the pool's lanes.", each(lambda s: s.queued))
     family("throughput", "gauge", "Jobs settled per second over the last 10 s.", each(lambda s: s.throughput_10s))
     family("workers", "gauge", "Live workers.", each(lambda s: len(s.workers)))
+    family(
+        "target_workers",
+        "gauge",
+        "Workers the pool aims at (resize).",
+        [
+            Series((("pool", pool),), float(s.target_workers))
+            for pool, s in pools.items()
+            if s.target_workers is not None
+        ],
+    )
+    family("paused", "gauge", "1 while the pool is paused.", each(lambda s: s.paused))
+    for name, field_name, help_text in (
+        ("key_running", "running", "Jobs of a limited key running."),
+        ("key_max_concurrency", "limit", "A key's concurrency limit."),
+        ("key_rate_limit", "rate_limit", "A key's rate limit now (starts/s)."),
+        ("key_rate", "rate", "A key's starts in the last second."),
+    ):
+        family(
+            name,
+            "gauge",
+            help_text,
+            [
+                Series((("pool", pool), ("key", key)), float(getattr(k, field_name)))
+                for pool, s in pools.items()
+                for key, k in _limited_keys(s)
+                if getattr(k, field_name) is not None
+            ],
+        )
     family(
         "lane_depth",
         "gauge",

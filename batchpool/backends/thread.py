@@ -12,6 +12,11 @@ has run ``STEAL_AFTER`` seconds, so no job waits behind a slow batch-mate
 while a thread is idle (an ``Event.wait`` and its ``Event.set`` batched
 together must not deadlock, as they would not with the standard pool).
 
+Resizing (``PoolState.target_workers``): threads above the target exit when
+they next go idle (their ``take_wait`` stop predicate retires one at a time,
+under the lock, so exactly the surplus goes); a larger target starts threads
+for the queued work at once, and more on demand as submits come.
+
 Timeouts: a thread cannot be stopped from outside. A watchdog thread (started
 with the first timed job) fails the job on time with ``JobTimeoutError``,
 marks its thread abandoned and starts a replacement; the abandoned thread's
@@ -68,6 +73,7 @@ class ThreadBackend(Backend):
         self._prefix = config.thread_name_prefix or f"BatchPoolExecutor-{next(_pool_numbers)}"
         self._threads: list[threading.Thread] = []
         self._abandoned: set[threading.Thread] = set()
+        self._retired: set[threading.Thread] = set()  # above the target: exiting
         # Guards thread creation, the abandoned set and the deadlines (never
         # held while a job runs).
         self._lock = threading.Lock()
@@ -83,19 +89,36 @@ class ThreadBackend(Backend):
         self._watch = threading.Condition(self._lock)
         self._watchdog: threading.Thread | None = None
         self._busy: set[threading.Thread] = set()
+        self.state.watch(self._on_state_change)
 
     # -- starting threads --------------------------------------------------------------
+
+    def _live(self) -> int:
+        """Threads that run or wait for work (not abandoned, not retiring)."""
+        return len(self._threads) - len(self._abandoned) - len(self._retired)
 
     def notify(self) -> None:
         if self._idle.acquire(blocking=False):
             return  # an idle thread will take it
-        if len(self._threads) - len(self._abandoned) < self.state.target_workers:
+        if self._live() < self.state.target_workers:
             self._spawn()
 
-    def _spawn(self) -> None:
+    def _on_state_change(self) -> None:
+        """A larger target: start threads for the work already queued (idle ones wake by themselves)."""
+        for _ in range(min(self.state.target_workers - self._live(), self.batcher.pending)):
+            if not self._spawn():
+                break
+
+    def _spawn(self) -> bool:
         with self._lock:
-            if len(self._threads) - len(self._abandoned) >= self.state.target_workers or self.state.stopped:
-                return
+            if self._live() >= self.state.target_workers or self.state.stopped:
+                return False
+            if self._retired:
+                # Retired threads that have exited leave the books (a pool that
+                # shrinks and grows again must not accumulate them).
+                gone = {t for t in self._retired if not t.is_alive()}
+                self._retired -= gone
+                self._threads = [t for t in self._threads if t not in gone]
             thread = threading.Thread(
                 target=self._work,
                 name=f"{self._prefix}_{next(self._names)}",
@@ -103,9 +126,22 @@ class ThreadBackend(Backend):
             )
             thread.start()
             self._threads.append(thread)
+            return True
 
     def _stop(self) -> bool:
-        return self.state.stopped or threading.current_thread() in self._abandoned
+        me = threading.current_thread()
+        if self.state.stopped or me in self._abandoned:
+            return True
+        if self._live() > self.state.target_workers:
+            with self._lock:  # one thread at a time retires, so exactly the surplus goes
+                if self._live() > self.state.target_workers and me not in self._retired:
+                    self._retired.add(me)
+                    # It may have left an idle token: take one, so that a
+                    # submit does not count on this thread (at worst one more
+                    # thread starts, never one too few).
+                    self._idle.acquire(blocking=False)
+                    return True
+        return me in self._retired
 
     def _work(self) -> None:
         config = self.config
@@ -314,7 +350,7 @@ class ThreadBackend(Backend):
         return True
 
     def compat_workers(self) -> dict[Any, Any]:
-        return {t.ident: t for t in self._threads if t not in self._abandoned}
+        return {t.ident: t for t in self._threads if t not in self._abandoned and t not in self._retired}
 
     def worker_states(self) -> list[tuple[int, int, str, int, bool]]:
         pid = os.getpid()
@@ -322,5 +358,5 @@ class ThreadBackend(Backend):
         return [
             (i, pid, "busy" if t in busy else "idle", 0, False)
             for i, t in enumerate(list(self._threads))
-            if t.is_alive() and t not in self._abandoned
+            if t.is_alive() and t not in self._abandoned and t not in self._retired
         ]

@@ -29,6 +29,13 @@ themselves and stay small (fast) when the pool is idle.
 
 Retried jobs come back through ``put_delayed`` and wait, without any thread
 sleeping, until their backoff has passed.
+
+Per-key limits (``set_limit``; the bookkeeping is ``batching.limits``): a lane
+whose key is at its concurrency or rate limit is skipped, so other lanes go on,
+and a batch cut from a limited lane holds at most what the limit allows now.
+Each job cut from a limited lane holds a slot (``holding``) until the ledger
+says it is done (``job_done``) or it comes back to the lanes (``put_back``,
+``put_delayed``); unlimited keys never enter ``holding``, so they pay nothing.
 """
 
 from __future__ import annotations
@@ -41,9 +48,10 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from ..jobs import BATCHED_KINDS, Batch, Job, items_of
+from ..jobs import BATCHED_KINDS, CHUNK_KINDS, Batch, Job, items_of
 from ..options import Priority
 from ..state import Phase, PoolState
+from .limits import UNLIMITED, KeyLimit, TokenBucket, Unlimited
 
 __all__ = ["AGE_STEP", "Batcher", "lane_key"]
 
@@ -155,6 +163,12 @@ class Batcher:
         self._waiters = 0  # threads blocked in take_wait(); read without the lock
         self._space_waiters = 0
         self._last_realtime = -REALTIME_WINDOW * 2
+        self._limits: dict[Hashable, KeyLimit] = {}
+        self._lifted: dict[Hashable, KeyLimit] = {}  # lifted limits whose jobs were still running
+        #: Job id -> the slot it holds, for jobs cut from a limited lane and not
+        #: done yet. Read without the lock by the ledger: it is non-empty
+        #: whenever a job in it is being settled (the job went in first).
+        self.holding: dict[int, Any] = {}
 
     # -- submit side ---------------------------------------------------------
 
@@ -166,6 +180,94 @@ class Batcher:
                 if lane.key[2] == key:
                     lane.max_batch_size = max_batch_size
                     lane.max_delay = 0.0 if lane.priority == Priority.REALTIME else max_delay
+
+    def policy(self, key: Hashable) -> tuple[int, float]:
+        """The batching limits of one key: (max_batch_size, max_delay)."""
+        with self._lock:
+            return self._policies.get(key, (self.max_batch_size, self.max_delay))
+
+    def set_limit(
+        self,
+        key: Hashable,
+        *,
+        max_concurrency: int | Unlimited | None = None,
+        rate_limit: float | Unlimited | None = None,
+        ramp: float | None = None,
+    ) -> None:
+        """Change the concurrency and rate limits of one key.
+
+        None keeps a limit as it is; ``UNLIMITED`` lifts it. A new
+        ``rate_limit`` or ``ramp`` replaces the key's token bucket (ending a
+        ramp in progress; the tokens saved up are kept, up to the new burst);
+        ``ramp`` alone ramps the current rate again. Jobs running now keep
+        counting against the new concurrency limit.
+
+        Raises:
+            ValueError: ``ramp`` without any rate limit.
+        """
+        with self._lock:
+            now = self._clock()
+            # A limit lifted while its jobs ran is found again, so they still count.
+            limit = self._limits.get(key) or self._lifted.pop(key, None) or KeyLimit()
+            rate = limit.bucket.rate if limit.bucket is not None else None
+            if rate_limit is UNLIMITED:
+                rate = None
+            elif rate_limit is not None:
+                rate = float(rate_limit)
+            if rate is None and ramp:
+                raise ValueError("ramp needs a rate_limit (the rate to ramp up to)")  # before any change
+            if max_concurrency is UNLIMITED:
+                limit.max_concurrency = None
+            elif max_concurrency is not None:
+                limit.max_concurrency = max_concurrency
+            if rate is None:
+                limit.bucket = None
+            elif rate_limit is not None or ramp is not None:
+                saved = limit.bucket.available(now) if limit.bucket is not None else None
+                limit.bucket = TokenBucket(rate, now=now, ramp=ramp or 0.0, tokens=saved)
+            if not limit.unlimited:
+                self._limits[key] = limit
+            elif self._limits.pop(key, None) is not None and limit.running:
+                self._lifted[key] = limit  # its running jobs still release into it
+            self._cond.notify_all()  # a raised limit may let waiting lanes go
+
+    def is_limited(self, job: Job) -> bool:
+        """The job's key has a concurrency or rate limit (read without the lock: a hint)."""
+        return bool(self._limits) and lane_key(job)[2] in self._limits
+
+    def job_done(self, job: Job) -> None:
+        """A job cut from a limited lane has finished: free its slot (the ledger calls this)."""
+        with self._lock:
+            holder = self.holding.pop(job.id, None)
+            if holder is None:
+                return
+            holder.release()
+            if self._waiters:
+                self._cond.notify()
+
+    def _release_locked(self, job: Job) -> None:
+        holder = self.holding.pop(job.id, None)
+        if holder is not None:
+            holder.release()
+
+    def key_limits(self) -> dict[Hashable, tuple[int, int | None, float | None, float, int]]:
+        """Per limited key: (running, max_concurrency, rate limit now, starts in the last second, waiting)."""
+        with self._lock:
+            now = self._clock()
+            waiting: dict[Hashable, int] = {}
+            for key, lane in self._lanes.items():
+                if key[2] in self._limits:
+                    waiting[key[2]] = waiting.get(key[2], 0) + len(lane.jobs)
+            return {
+                key: (
+                    limit.running,
+                    limit.max_concurrency,
+                    limit.rate_at(now),
+                    limit.measured_rate(now),
+                    waiting.get(key, 0),
+                )
+                for key, limit in self._limits.items()
+            }
 
     def put(self, job: Job, *, block: bool = False, timeout: float | None = None) -> bool:
         """Queue one job.
@@ -206,6 +308,8 @@ class Batcher:
     def put_delayed(self, job: Job, delay: float) -> None:
         """Queue a job again after ``delay`` seconds (a retry; never refused)."""
         with self._lock:
+            if self.holding:
+                self._release_locked(job)
             heapq.heappush(self._delayed, (self._clock() + delay, next(self._seq), job))
             self._pending += 1
             self._cond.notify()
@@ -218,6 +322,8 @@ class Batcher:
         """
         with self._lock:
             for job in reversed(jobs):
+                if self.holding:
+                    self._release_locked(job)
                 key = lane_key(job)
                 lane = self._lane_locked(key, job)
                 lane.jobs.appendleft(job)
@@ -323,11 +429,21 @@ class Batcher:
             return None  # paused: queued work waits (retry backoffs still count down)
         if self._delayed and self._delayed[0][0] <= now:
             self._promote_locked(now)
+        limits = self._limits
         for key, lane, reason in self._candidates(now):
             size = self._size(lane, max_jobs, idle, prefetch, workers, now)
             if size == 0:
                 continue
+            limit = limits.get(key[2]) if limits else None
+            if limit is not None:
+                size = min(size, limit.allowance(now, batched=key[1] in BATCHED_KINDS))
+                if size == 0:
+                    continue  # at its limit: other lanes go on
+                if key[1] in CHUNK_KINDS and limit.bucket is not None:
+                    size = 1  # a map chunk is charged its items (below): one at a time
             jobs = self._pop(lane, size)
+            if limit is not None:
+                self._hold_locked(limit, key[1], jobs, now)
             lane.last_served = now
             active = self._active[lane.priority]
             if lane.jobs:
@@ -341,6 +457,13 @@ class Batcher:
             batch.fresh = True
             return batch
         return None
+
+    def _hold_locked(self, limit: KeyLimit, kind: int, jobs: list[Job], now: float) -> None:
+        cost = sum(len(job.args[0]) for job in jobs) if kind in CHUNK_KINDS else len(jobs)
+        holders = limit.started(len(jobs), now, batched=kind in BATCHED_KINDS, cost=cost)
+        holding = self.holding
+        for job, holder in zip(jobs, holders, strict=True):
+            holding[job.id] = holder
 
     def _candidates(self, now: float) -> list[tuple[tuple[Any, ...], _Lane, str]]:
         """Ready lanes in the order they should be served."""
@@ -438,6 +561,14 @@ class Batcher:
 
     def _next_deadline_locked(self) -> float | None:
         deadlines = [self._delayed[0][0]] if self._delayed else []
+        if self._limits:
+            now = self._clock()
+            for active in self._active.values():
+                for key in active:
+                    limit = self._limits.get(key[2])
+                    at = limit.ready_at(now) if limit is not None else None
+                    if at is not None:
+                        deadlines.append(at)  # a rate-limited lane gets its next token
         if not self.state.closing:
             deadlines.extend(
                 lane.jobs[0].t_submit + lane.max_delay

@@ -1,11 +1,15 @@
 """The synthetic workload behind ``batchpool demo``.
 
 Mixed priorities, a few failures that retries absorb, a job now and then that
-crashes its worker, and a batch function, all on one pool, for a set time.
+crashes its worker, and a rate-limited batch function, all on one pool, for a
+set time. Midway the pool is controlled while it runs: it grows by two workers,
+pauses for a moment (the dashboard says PAUSED; queues grow, nothing is lost),
+resumes, and shrinks back.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
@@ -46,10 +50,25 @@ def bulk_insert(rows: list[int]) -> list[int]:
     return rows
 
 
+logger = logging.getLogger("batchpool")
+
+
+def _control_script(seconds: float, workers: int) -> list[tuple[float, str, Any]]:
+    """When (seconds from the start) to resize, pause and resume the pool."""
+    pause = min(1.0, seconds * 0.1)
+    return [
+        (seconds * 0.25, "resize", workers + 2),
+        (seconds * 0.45, "pause", None),
+        (seconds * 0.45 + pause, "resume", None),
+        (seconds * 0.7, "resize", workers),
+    ]
+
+
 def run(seconds: float, workers: int, dashboard: bool = True) -> dict[str, Any]:
     """Drive the pool for ``seconds`` and return its final stats as a dict."""
     policy = RetryPolicy(max_attempts=4, backoff=0.01, retry_on=(ConnectionError,))
     ex = BatchPoolExecutor(workers, retry=policy, dashboard=dashboard)
+    ex.set_policy(bulk_insert, rate_limit=2000, max_concurrency=2)  # a database that takes so much
     stop = threading.Event()
     rng = random.Random(7)
 
@@ -73,14 +92,22 @@ def run(seconds: float, workers: int, dashboard: bool = True) -> dict[str, Any]:
     ]
     for feeder in feeders:
         feeder.start()
-    end = time.monotonic() + seconds
+    start = time.monotonic()
+    end = start + seconds
+    script = _control_script(seconds, workers)
     try:
-        while not stop.wait(min(1.0, max(0.0, end - time.monotonic()))):
-            if time.monotonic() >= end:
+        while not stop.wait(min(0.25, max(0.0, end - time.monotonic()))):
+            now = time.monotonic()
+            if now >= end:
                 break
-            if rng.random() < 0.2:  # now and then a worker dies mid-job
+            while script and now - start >= script[0][0]:
+                _, action, arg = script.pop(0)
+                logger.info("demo: %s%s", action, "" if arg is None else f"({arg})")
+                getattr(ex, action)(*(() if arg is None else (arg,)))
+            if rng.random() < 0.05:  # now and then a worker dies mid-job
                 ex.options(retry=RetryPolicy(max_attempts=1)).submit(crash)
     finally:
+        ex.resume()  # should the time be up while paused
         stop.set()
         for feeder in feeders:
             feeder.join()

@@ -41,6 +41,7 @@ PUBLIC = [
     "Stats",
     "ThreadPoolExecutor",
     "TransportError",
+    "UNLIMITED",
     "WorkerCrashedError",
     "Dashboard",
     "batched",

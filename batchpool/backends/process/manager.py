@@ -21,6 +21,12 @@ polling, and no state shared with submitters beyond the Batcher, the
 PoolState and two flags (``_wake_pending``, ``_can_dispatch``) that keep
 ``notify()`` nearly free.
 
+Resizing (``PoolState.target_workers``): a growing pool starts workers as
+work needs them; a shrinking one retires workers, idle ones first. A retiring
+worker gets nothing new, its prefetched batch is taken back (claim tokens) for
+the lanes if it has not started, and once idle it is told to stop (MSG_STOP).
+A retiring worker not yet told is kept if the pool grows again meanwhile.
+
 Work-conserving: when a worker is idle and no lane has work, the manager
 takes back a busy worker's prefetched batch if it has not started (claim
 tokens), or asks it to give back the unstarted rest of its running batch
@@ -98,6 +104,7 @@ class ProcessBackend(Backend):
         if self.shared_prefix is None and shm.available():
             self.shared_prefix = shm.pool_prefix(f"{next(_pool_ids)}")
         self._workers: dict[int, Worker] = {}
+        self._retiring = 0  # workers in _workers marked retiring (kept so that _live() is O(1))
         self._resend: deque[Batch] = deque()
         self._manager: threading.Thread | None = None
         # Guards the one-time start; join() takes it too, so a shutdown from
@@ -295,12 +302,54 @@ class ProcessBackend(Backend):
 
     # -- dispatch -------------------------------------------------------------------
 
+    def _live(self) -> int:
+        """Workers that are not retiring."""
+        return len(self._workers) - self._retiring
+
+    def _apply_target(self) -> None:
+        """Retire or keep workers so that the live ones match the target; stop idle retirees."""
+        target = self.state.target_workers
+        workers = self._workers.values()
+        live = [w for w in workers if not w.retiring]
+        if len(live) < target:
+            for worker in workers:  # keep retirees not yet told to stop, before starting new ones
+                if worker.retiring and not worker.stop_sent and not worker.killed and len(live) < target:
+                    worker.retiring = False
+                    self._retiring -= 1
+                    live.append(worker)
+        elif len(live) > target:
+            # Idle workers first, then the least loaded.
+            for worker in sorted(live, key=lambda w: (not w.idle, len(w.inflight)))[: len(live) - target]:
+                worker.retiring = True
+                self._retiring += 1
+                self._reclaim_prefetched(worker)
+        for worker in workers:
+            if worker.retiring and worker.idle and not worker.stop_sent and not worker.killed:
+                worker.stop_sent = True
+                worker.channel.send(protocol.MSG_STOP)
+                self._watch_output(worker)  # it exits; its sentinel fires and _on_death tidies up
+
+    def _reclaim_prefetched(self, worker: Worker) -> None:
+        """Take a retiring worker's prefetched batch back to the lanes, if it has not started."""
+        if worker.control is None or len(worker.inflight) < 2 or not worker.control.reclaim():
+            return
+        batch = list(worker.inflight.values())[-1]  # the newest: the one that had not started
+        del worker.inflight[batch.id]
+        worker.skipping[batch.id] = batch.blocks  # until the worker says it skipped it
+        worker.sent -= len(batch.jobs)
+        batch.blocks = []
+        self.ledger.forget(batch)
+        self.ledger.requeue(batch.jobs)
+
     def _dispatch(self) -> None:
         paused = self.state.paused
+        target = self.state.target_workers
+        if target != len(self._workers) or self._retiring:
+            self._apply_target()
         while not paused and (self._resend or self.batcher.pending):
             worker = self._pick_worker()
             idle = worker is not None and worker.idle
-            if not idle and len(self._workers) < self.state.target_workers:
+            if not idle and self._live() < target:
                 if not self._spawn():
                     return
                 continue
@@ -311,10 +360,10 @@ class ProcessBackend(Backend):
                 if not self.ledger.claim(batch):
                     continue
             else:
-                free = sum(1 for w in self._workers.values() if w.idle)
+                free = sum(1 for w in self._workers.values() if w.idle and not w.retiring)
                 taken = self.batcher.take(
                     max_jobs=self._budget(worker),
-                    idle_workers=free + self.state.target_workers - len(self._workers),
+                    idle_workers=free + max(0, target - self._live()),
                     prefetch=not idle,
                     workers=self.state.target_workers,
                 )
@@ -326,7 +375,7 @@ class ProcessBackend(Backend):
             self._send(worker, batch)
         if not paused and not self._resend and not self.batcher.pending:
             self._rebalance()
-        self._can_dispatch = len(self._workers) < self.state.target_workers or any(
+        self._can_dispatch = self._live() < target or any(
             len(w.inflight) < PREFETCH and self._budget(w) for w in self._workers.values()
         )
 
@@ -337,7 +386,7 @@ class ProcessBackend(Backend):
         batches end before a reclaimed one could even be sent again.
         """
         self._rebalance_at = None
-        idle = [w for w in self._workers.values() if w.idle and not w.killed and self._budget(w)]
+        idle = [w for w in self._workers.values() if w.idle and not w.killed and not w.retiring and self._budget(w)]
         if not idle:
             return
         now = time.monotonic()
@@ -556,6 +605,8 @@ class ProcessBackend(Backend):
         exitcode = worker.process.exitcode
         unstarted = worker.control.unstarted() if worker.control is not None else 0
         del self._workers[worker.id]
+        if worker.retiring:
+            self._retiring -= 1
         batches = list(worker.inflight.values())
         worker.inflight.clear()
         close_worker(worker)
@@ -619,6 +670,7 @@ class ProcessBackend(Backend):
         grace = 0.0 if self.state.phase == Phase.ABORTED else STOP_GRACE
         stop_workers(list(self._workers.values()), grace)
         self._workers.clear()
+        self._retiring = 0
         if self.shared_prefix is not None:
             # Results a dead worker wrote but never announced, shared arrays'
             # names, and anything else of this pool's: no segment outlives the

@@ -59,6 +59,7 @@ class Worker:
         "retiring",
         "sent",
         "skipping",
+        "stop_sent",
         "timed",
         "writing",
     )
@@ -86,6 +87,7 @@ class Worker:
         self.fns = FnCacheMirror()  # which callables sent by value it holds
         # Its initializer raised: the pool's error, and the cause (broken when it has exited).
         self.init_failure: tuple[str, BaseException | None] | None = None
+        self.stop_sent = False  # told to stop (MSG_STOP): it exits, and is not told twice
 
     @property
     def idle(self) -> bool:
@@ -173,7 +175,8 @@ def stop_workers(workers: list[Worker], grace: float) -> None:
     from ...protocol import MSG_STOP
 
     for worker in workers:
-        if worker.process.is_alive():
+        if worker.process.is_alive() and not worker.stop_sent:
+            worker.stop_sent = True
             worker.channel.send(MSG_STOP)
             worker.channel.flush()
     deadline = time.monotonic() + grace
