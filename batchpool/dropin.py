@@ -22,9 +22,14 @@ from __future__ import annotations
 import concurrent.futures.process as _std_process
 import concurrent.futures.thread as _std_thread
 from collections.abc import Callable, Iterable
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .executor import BatchPoolExecutor
+from .state import Phase
+
+if TYPE_CHECKING:
+    from .backends.base import Backend
+    from .state import PoolState
 
 __all__ = ["ProcessPoolExecutor", "ThreadPoolExecutor"]
 
@@ -46,6 +51,31 @@ def _private(name: str) -> Callable[..., NoReturn]:
 
     unreachable.__name__ = name
     return unreachable
+
+
+class _CallQueue:
+    """What code written for ProcessPoolExecutor does with its private ``_call_queue``.
+
+    ``join_thread()`` after shutdown waits until the pool has stopped (here:
+    its manager thread, which stops the workers), as the standard one waits
+    for its queue's feeder thread. It holds the pool's state and backend,
+    never the executor, so it does not keep an unreferenced pool alive.
+    """
+
+    def __init__(self, state: PoolState, backend: Backend) -> None:
+        self._state = state
+        self._backend = backend
+
+    def join_thread(self) -> None:
+        # Same rule as multiprocessing.Queue.join_thread: only once closed.
+        assert self._state.phase >= Phase.CLOSING, "join_thread() before the pool was shut down"
+        self._backend.join(None)
+
+    def close(self) -> None:
+        """Nothing to close: the pool's channels close when it stops."""
+
+    def cancel_join_thread(self) -> None:
+        """Nothing to cancel: ``shutdown(wait=False)`` never blocks here."""
 
 
 class ThreadPoolExecutor(BatchPoolExecutor, _std_thread.ThreadPoolExecutor):  # type: ignore[misc, override]
@@ -130,6 +160,10 @@ class ProcessPoolExecutor(BatchPoolExecutor, _std_process.ProcessPoolExecutor): 
             backend="process",
             **options,
         )
+
+    @property
+    def _call_queue(self) -> _CallQueue:
+        return _CallQueue(self._state, self._backend)
 
     _start_executor_manager_thread = _private("_start_executor_manager_thread")
     _adjust_process_count = _private("_adjust_process_count")

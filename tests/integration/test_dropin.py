@@ -285,7 +285,7 @@ def test_the_standard_machinery_is_never_reached() -> None:
             ex._adjust_thread_count()
     pex = ProcessPoolExecutor(1)
     try:
-        assert not hasattr(pex, "_call_queue")
+        assert not hasattr(pex, "_pending_work_items")
         with pytest.raises(AttributeError, match="batchpool replaces"):
             pex._adjust_process_count()
     finally:
