@@ -188,7 +188,8 @@ class Ledger:
             return 0  # a late result of an attempt already given up on
         if self.batcher.holding:
             self.batcher.job_done(job)
-        if value.__class__ is ChunkResult and value.errors and self._retry_chunk_items(job, value):
+        chunk = job.kind in CHUNK_KINDS and value.__class__ is ChunkResult
+        if chunk and value.errors and self._retry_chunk_items(job, value):
             return len(value.values) - len(value.errors)  # these are final; the rest come back later
         try:
             job.future.set_result(value)
@@ -198,7 +199,7 @@ class Ledger:
             job.breaker.record(True)
         if self.observers:
             self._tell("job_done", job, value)
-        if job.kind in CHUNK_KINDS and isinstance(value, ChunkResult):
+        if chunk:
             # Stats count what the user sees: a chunk's items, not the chunk.
             if value.errors:
                 self.metrics.jobs_failed(len(value.errors), next(iter(value.errors.values())))
