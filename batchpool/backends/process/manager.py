@@ -42,7 +42,7 @@ from typing import Any
 from ... import protocol, serialization
 from ...batching import Batcher
 from ...errors import JobTimeoutError, TransportError, WorkerCrashedError, describe_exit
-from ...jobs import Batch, Job
+from ...jobs import Batch
 from ...ledger import Ledger
 from ...metrics import Metrics
 from ...options import PoolConfig
@@ -88,10 +88,6 @@ class ProcessBackend(Backend):
             self.shared_prefix = shm.pool_prefix(f"{next(_pool_ids)}")
         self._workers: dict[int, Worker] = {}
         self._resend: deque[Batch] = deque()
-        # Outcomes read but not settled yet: (jobs, outcomes), settled by the
-        # manager right before it waits (``_settle``), and before any Future
-        # is failed for another reason (a death, a timeout, the end).
-        self._unsettled: deque[tuple[list[Job], list[tuple[bool, Any]]]] = deque()
         self._manager: threading.Thread | None = None
         # Guards the one-time start; join() takes it too, so a shutdown from
         # another thread waits for a start in progress.
@@ -216,17 +212,8 @@ class ProcessBackend(Backend):
                 self._dispatch()
                 if self._finished():
                     return
-                timeout = self._timeout()
-                if self._unsettled:
-                    # Settled last, just before the wait: the thread a result
-                    # wakes wants the GIL, which this thread holds until it
-                    # blocks in select(), so everything else is done first.
-                    self._settle()
-                    if self._resend or self.batcher.pending or self.state.stopped:
-                        continue  # a settlement queued work (a retry) or stopped the pool
-                    timeout = self._timeout()  # a retry's backoff may end sooner
                 dead: list[Worker] = []
-                for key, _ in self._selector.select(timeout):
+                for key, _ in self._selector.select(self._timeout()):
                     kind, worker = key.data
                     if kind == _RESULT:
                         self._read(worker)
@@ -504,7 +491,7 @@ class ProcessBackend(Backend):
         batch = worker.inflight.get(batch_id)
         if batch is None:
             return
-        self._unsettled.append((batch.jobs[start : start + count], outcomes))
+        self.ledger.outcomes(batch.jobs[start : start + count], outcomes)
         batch.done = start + count
         if not flags & protocol.FINAL:
             return
@@ -584,7 +571,6 @@ class ProcessBackend(Backend):
                 self.ledger.fail(jobs[0], error)
 
     def _fail_everything(self, error: BaseException) -> None:
-        self._settle()  # what came back before the end stands
         jobs = [job for batch in self._resend for job in batch.jobs]
         self._resend.clear()
         for worker in self._workers.values():
@@ -595,16 +581,8 @@ class ProcessBackend(Backend):
         self.ledger.fail_all(jobs, error)
         self.ledger.abort(error)
 
-    def _settle(self) -> None:
-        """Settle the outcomes read since the last wait, in the order they came."""
-        unsettled = self._unsettled
-        while unsettled:
-            jobs, outcomes = unsettled.popleft()
-            self.ledger.outcomes(jobs, outcomes)
-
     def _shut_down_now(self) -> None:
         """Stop every worker and release everything (the manager's last act)."""
-        self._settle()  # results that came before the end are results
         if self.state.stopped:
             self._fail_everything(self.state.error or BrokenProcessPool("the pool stopped"))
         grace = 0.0 if self.state.phase == Phase.ABORTED else STOP_GRACE
