@@ -73,8 +73,10 @@ class ThreadBackend(Backend):
         self._lock = threading.Lock()
         self._names = itertools.count()
         # One token per idle thread, as in ThreadPoolExecutor: a submit that
-        # takes one needs no new thread.
-        self._idle = threading.Semaphore(0)
+        # takes one needs no new thread. A deque, not a Semaphore: its append
+        # and pop are atomic (on the free-threaded build too) and cost no
+        # Python-level lock, on the path of every submit and every batch.
+        self._idle: deque[None] = deque()
         self._runs: set[_Run] = set()
         # Timed jobs running now: job id -> (job, attempt, thread), and their
         # deadlines. Whoever pops an entry first (its thread or the watchdog) decides.
@@ -87,8 +89,11 @@ class ThreadBackend(Backend):
     # -- starting threads --------------------------------------------------------------
 
     def notify(self) -> None:
-        if self._idle.acquire(blocking=False):
+        try:
+            self._idle.pop()
             return  # an idle thread will take it
+        except IndexError:
+            pass
         if len(self._threads) - len(self._abandoned) < self.state.target_workers:
             self._spawn()
 
@@ -126,7 +131,7 @@ class ThreadBackend(Backend):
             del batch
             if self._stop():
                 return
-            self._idle.release()
+            self._idle.append(None)
 
     # -- running --------------------------------------------------------------------------
 
@@ -157,11 +162,11 @@ class ThreadBackend(Backend):
         fn, kind, ledger = batch.fn, batch.kind, self.ledger
         ran: list[Job] = []
         try:
-            while True:
+            while run.jobs:  # checked first: the usual end costs no exception
                 try:
                     job = run.jobs.popleft()
                 except IndexError:
-                    break
+                    break  # a thief took the last one meanwhile
                 if me in self._abandoned:
                     # Given up on (a timeout): the rest goes back for the replacement.
                     rest = [job, *run.jobs]
