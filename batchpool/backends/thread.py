@@ -79,8 +79,10 @@ class ThreadBackend(Backend):
         self._lock = threading.Lock()
         self._names = itertools.count()
         # One token per idle thread, as in ThreadPoolExecutor: a submit that
-        # takes one needs no new thread.
-        self._idle = threading.Semaphore(0)
+        # takes one needs no new thread. A deque, not a Semaphore: its append
+        # and pop are atomic (on the free-threaded build too) and cost no
+        # Python-level lock, on the path of every submit and every batch.
+        self._idle: deque[None] = deque()
         self._runs: set[_Run] = set()
         # Timed jobs running now: job id -> (job, attempt, thread), and their
         # deadlines. Whoever pops an entry first (its thread or the watchdog) decides.
@@ -98,8 +100,11 @@ class ThreadBackend(Backend):
         return len(self._threads) - len(self._abandoned) - len(self._retired)
 
     def notify(self) -> None:
-        if self._idle.acquire(blocking=False):
+        try:
+            self._idle.pop()
             return  # an idle thread will take it
+        except IndexError:
+            pass
         if self._live() < self.state.target_workers:
             self._spawn()
 
@@ -139,7 +144,11 @@ class ThreadBackend(Backend):
                     # It may have left an idle token: take one, so that a
                     # submit does not count on this thread (at worst one more
                     # thread starts, never one too few).
-                    self._idle.acquire(blocking=False)
+                    if self._idle:
+                        try:
+                            self._idle.pop()
+                        except IndexError:  # taken by a submit meanwhile
+                            pass
                     return True
         return me in self._retired
 
@@ -162,7 +171,7 @@ class ThreadBackend(Backend):
             del batch
             if self._stop():
                 return
-            self._idle.release()
+            self._idle.append(None)
 
     # -- running --------------------------------------------------------------------------
 
@@ -193,11 +202,11 @@ class ThreadBackend(Backend):
         fn, kind, ledger = batch.fn, batch.kind, self.ledger
         ran: list[Job] = []
         try:
-            while True:
+            while run.jobs:  # checked first: the usual end costs no exception
                 try:
                     job = run.jobs.popleft()
                 except IndexError:
-                    break
+                    break  # a thief took the last one meanwhile
                 if me in self._abandoned:
                     # Given up on (a timeout): the rest goes back for the replacement.
                     rest = [job, *run.jobs]

@@ -23,6 +23,13 @@ best ready lane:
   ``target_batch_time`` worth of them, so slow jobs still spread over every
   worker. A callable never timed yet goes out one job at a time until its first
   batch is back. Jobs with a timeout go out alone (so a timeout is exact).
+* Estimates are trusted only as far as they were measured: a batch holds at
+  most twice as many jobs as the largest batch of its callable measured so far
+  (sizes double as batches come back), and a measured time per job above the
+  estimate replaces it at once (below, it moves it by a weighted average). So
+  a few quick warm-up calls cannot send the slow calls that follow in one
+  oversized batch: the first batch after them holds two jobs, and its time
+  corrects the estimate before a larger one leaves.
 
 Because jobs collect while every worker is busy, batches grow with load by
 themselves and stay small (fast) when the pool is idle.
@@ -157,7 +164,8 @@ class Batcher:
         self._policies: dict[Hashable, tuple[int, float]] = {}
         self._delayed: list[tuple[float, int, Job]] = []  # heap of retries by ready time
         self._seq = itertools.count()
-        self._estimates: OrderedDict[Hashable, float] = OrderedDict()
+        # Per timing key: (seconds per job, the largest batch measured at that estimate).
+        self._estimates: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
         self._pending = 0  # queued jobs, delayed ones included
         self.submitted = 0  # the user's jobs ever accepted by put() (a map chunk counts its items)
         self._waiters = 0  # threads blocked in take_wait(); read without the lock
@@ -500,10 +508,12 @@ class Batcher:
             return size  # the user asked for size-or-delay batches: keep them whole
         if lane.jobs[0].kind in BATCHED_KINDS and not self.auto:
             return size  # batch functions: the batch is the user's unit of work
-        estimate = self._estimates.get(lane.timing_key)
-        if estimate is None:
+        known = self._estimates.get(lane.timing_key)
+        if known is None:
             # Never timed: probe with single jobs until the first batch is back.
             return 0 if prefetch else min(size, 1)
+        estimate, measured = known
+        size = min(size, 2 * measured)  # grow only as far as measured (twice the largest batch)
         target = self.target_batch_time
         if lane.priority != Priority.REALTIME and now - self._last_realtime < REALTIME_WINDOW:
             if prefetch:
@@ -539,18 +549,41 @@ class Batcher:
     # -- timing ----------------------------------------------------------------
 
     def record(self, key: Hashable, jobs: int, seconds: float) -> None:
-        """Feed the measured run time of a finished batch into its estimate."""
+        """Feed the measured run time of a finished batch of ``jobs`` jobs into its estimate.
+
+        Slower than estimated: the sample replaces the estimate (an
+        underestimate makes oversized batches, which keep workers idle), and
+        when it is more than twice the estimate, what was measured before no
+        longer counts, so batch sizes grow again from this one. Quicker: the
+        estimate moves by a weighted average.
+
+        Example:
+            >>> b = Batcher(max_batch_size=100, max_delay=0)
+            >>> b.record("f", 1, 0.0001); b.estimate("f")
+            (0.0001, 1)
+            >>> b.record("f", 2, 0.02); b.estimate("f")  # 100x slower per job: believed at once
+            (0.01, 2)
+        """
         if jobs <= 0:
             return
         sample = seconds / jobs
         with self._lock:
             old = self._estimates.pop(key, None)
-            self._estimates[key] = sample if old is None else old + _EWMA_WEIGHT * (sample - old)
+            if old is None:
+                self._estimates[key] = (sample, jobs)
+            else:
+                estimate, measured = old
+                if sample > 2 * estimate:
+                    self._estimates[key] = (sample, jobs)  # a new regime: measure again from here
+                elif sample > estimate:
+                    self._estimates[key] = (sample, max(measured, jobs))
+                else:
+                    self._estimates[key] = (estimate + _EWMA_WEIGHT * (sample - estimate), max(measured, jobs))
             if len(self._estimates) > _MAX_ESTIMATES:
                 self._estimates.popitem(last=False)
 
-    def estimate(self, key: Hashable) -> float | None:
-        """Measured seconds per job of a timing key (``Batch.timing_key``), or None if never timed."""
+    def estimate(self, key: Hashable) -> tuple[float, int] | None:
+        """Seconds per job and the largest batch measured, for a timing key (None: never timed)."""
         with self._lock:
             return self._estimates.get(key)
 

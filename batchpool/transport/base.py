@@ -50,6 +50,14 @@ class Channel(abc.ABC):
     def poll(self) -> bool:
         """True when a message (or EOF) can be read without blocking."""
 
+    def buffered(self) -> bool:
+        """True when a message can be read without asking the system (no syscall).
+
+        After ``readable_fd`` was readable and everything buffered was read,
+        the selector says when more arrives. By default the same as ``poll``.
+        """
+        return self.poll()
+
     @property
     @abc.abstractmethod
     def readable_fd(self) -> int:

@@ -212,6 +212,9 @@ class RingChannel(Channel):
             raise BlockingIOError("no complete message from the worker yet")
         return self._in.pop()
 
+    def buffered(self) -> bool:
+        return bool(self._in)  # bytes announced later ring the doorbell (readable_fd)
+
     @property
     def readable_fd(self) -> int:
         return self._results.data.fileno()

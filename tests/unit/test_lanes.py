@@ -78,11 +78,60 @@ def test_slow_jobs_are_prefetched_only_from_a_deep_lane() -> None:
 
 def test_work_is_split_between_idle_workers() -> None:
     b = Batcher(max_batch_size=64, max_delay=0)
-    b.record(("builtins", "abs", 0), 1, 1e-7)
+    b.record(("builtins", "abs", 0), 64, 64e-7)
     for _ in range(30):
         b.put(job())
     batch = b.take(max_jobs=64, idle_workers=3)
     assert batch is not None and len(batch.jobs) == 10
+
+
+ABS = ("builtins", "abs", 0)
+
+
+def _sizes(b: Batcher, clock: Clock, seconds_per_job: float, rounds: int) -> list[int]:
+    """Cut a batch, report it back as taking ``seconds_per_job`` per job, and again."""
+    sizes = []
+    for _ in range(rounds):
+        batch = b.take(max_jobs=1000, idle_workers=1)
+        assert batch is not None
+        sizes.append(len(batch.jobs))
+        clock.now += seconds_per_job * len(batch.jobs)
+        b.record(batch.timing_key, len(batch.jobs), seconds_per_job * len(batch.jobs))
+    return sizes
+
+
+def test_quick_warm_up_calls_do_not_make_an_oversized_batch_of_slow_calls() -> None:
+    clock = Clock()
+    b = Batcher(max_batch_size=1000, max_delay=0, target_batch_time=0.005, clock=clock)
+    b.record(ABS, 1, 1e-6)  # one quick warm-up call: 5000 of them would fit the target
+    for _ in range(200):
+        b.put(job(clock=clock))
+    # The first batch after it holds two jobs; they take 10 ms each, and from
+    # then on each batch holds one (10 ms is over the 5 ms target).
+    assert _sizes(b, clock, 0.010, 4) == [2, 1, 1, 1]
+    assert b.estimate(ABS) == (0.010, 2)
+
+
+def test_batches_grow_by_doubling_as_they_are_measured() -> None:
+    clock = Clock()
+    b = Batcher(max_batch_size=1000, max_delay=0, target_batch_time=0.005, clock=clock)
+    for _ in range(500):
+        b.put(job(clock=clock))
+    assert _sizes(b, clock, 1e-6, 9) == [1, 2, 4, 8, 16, 32, 64, 128, 245]  # the rest: 500 - 255
+
+
+def test_a_slower_sample_replaces_the_estimate_a_quicker_one_is_averaged() -> None:
+    b = Batcher(max_batch_size=100, max_delay=0)
+    b.record(ABS, 4, 0.004)
+    assert b.estimate(ABS) == (0.001, 4)
+    b.record(ABS, 8, 0.012)  # 1.5 ms a job: slower, believed at once; 8 jobs measured
+    assert b.estimate(ABS) == (0.0015, 8)
+    b.record(ABS, 2, 0.001)  # quicker: a weighted step towards it
+    estimate = b.estimate(ABS)
+    assert estimate is not None and 0.001 < estimate[0] < 0.0015 and estimate[1] == 8
+    b.record(ABS, 1, 0.1)  # over twice the estimate: a new regime, measured from one job
+    assert b.estimate(ABS) == (0.1, 1)
+    assert b.estimate(("builtins", "len", 0)) is None
 
 
 def test_linger_until_max_delay_then_flush() -> None:
@@ -125,7 +174,7 @@ def test_close_flushes_and_refuses() -> None:
 def test_a_batch_holds_one_callable() -> None:
     b = Batcher(max_batch_size=10, max_delay=0)
     for fn in (abs, abs, str, abs):
-        b.record(("builtins", fn.__qualname__, 0), 1, 1e-7)
+        b.record(("builtins", fn.__qualname__, 0), 10, 1e-6)
         b.put(job(fn))
     batches = []
     while (batch := b.take(max_jobs=10, idle_workers=1)) is not None:

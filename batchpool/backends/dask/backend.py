@@ -314,7 +314,8 @@ class DaskBackend(Backend):
         self.metrics.batch_sent(len(batch.jobs), batch.reason, wait)
         for other in self._sent.values():
             other.exclusive = False  # it no longer runs alone
-        estimate = self.batcher.estimate(batch.timing_key)
+        measured = self.batcher.estimate(batch.timing_key)
+        estimate = measured[0] if measured is not None else None
         sent = Sent(batch, f"{self._conn.prefix}-{batch.id}", exclusive=not self._sent, estimate=estimate)
         if isolated:
             self._exclusive = sent

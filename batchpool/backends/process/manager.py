@@ -295,7 +295,9 @@ class ProcessBackend(Backend):
 
     def _drain_wake(self) -> None:
         try:
-            while os.read(self._wake_r, 4096):
+            # notify() writes once per wake-up (_wake_pending), so one read
+            # nearly always empties the pipe; a full read means there may be more.
+            while len(os.read(self._wake_r, 4096)) == 4096:
                 pass
         except BlockingIOError:
             pass
@@ -500,11 +502,17 @@ class ProcessBackend(Backend):
         error.__cause__ = cause
         self.state.break_(error)
 
-    def _read(self, worker: Worker) -> None:
+    def _read(self, worker: Worker, drain: bool = False) -> None:
+        """Handle the worker's messages: those buffered, or (``drain``) all it sent."""
         channel = worker.channel
         try:
-            while channel.poll():
+            # After the first, only what is buffered already: asking the
+            # system again costs a syscall per wake-up, and the selector
+            # reports the channel readable again when more has come.
+            more = channel.poll
+            while more():
                 self._on_message(worker, channel.recv())
+                more = channel.poll if drain else channel.buffered
         except (EOFError, OSError):
             # The worker is gone; its sentinel fires next and settles its jobs.
             # An EOF'd pipe is always readable, so stop watching it now.
@@ -591,7 +599,7 @@ class ProcessBackend(Backend):
             self._resend.append(Batch([job], batch.reason, batch.timing_key))
 
     def _on_death(self, worker: Worker) -> None:
-        self._read(worker)  # whatever it sent before dying still counts
+        self._read(worker, drain=True)  # whatever it sent before dying still counts
         assert self._selector is not None
         for fd in (worker.channel.readable_fd, worker.process.sentinel):
             try:
