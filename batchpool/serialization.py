@@ -168,9 +168,9 @@ def send_by_value(fn: Callable[..., Any]) -> None:
     """From now on, pickle ``fn`` (and partials and methods of it) by value for workers.
 
     Example:
-        >>> import operator
-        >>> send_by_value(operator.add)
-        >>> pickle_callable(operator.add)[1]
+        >>> import textwrap  # (a registry for the process's life: pick one no test relies on)
+        >>> send_by_value(textwrap.shorten)
+        >>> pickle_callable(textwrap.shorten)[1]
         True
     """
     _by_value.add(_root(fn))

@@ -114,7 +114,7 @@ def job(key: str = "k", kind: int = 0) -> Job:
 def test_a_lane_at_its_concurrency_limit_is_skipped_and_others_go_on() -> None:
     clock = Clock()
     b = make(clock)
-    b._estimates[("builtins", "abs", 0)] = 1e-6  # timed already: batches may hold several
+    b._estimates[("builtins", "abs", 0)] = (1e-6, 64)  # timed already: batches may hold several
     b.set_limit("k", max_concurrency=2)
     for _ in range(5):
         b.put(job("k"))
@@ -149,7 +149,7 @@ def test_slots_come_back_when_jobs_return_to_the_lanes() -> None:
 def test_rate_limit_in_the_lanes_with_a_fake_clock() -> None:
     clock = Clock()
     b = make(clock)
-    b._estimates[("builtins", "abs", 0)] = 1e-6
+    b._estimates[("builtins", "abs", 0)] = (1e-6, 64)
     b.set_limit("k", rate_limit=100)
     for _ in range(200):
         b.put(job())
