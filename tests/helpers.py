@@ -332,7 +332,7 @@ def service_pids() -> set[int]:
 def own_segments(owners: Iterable[int]) -> set[str]:
     """Names in /dev/shm of pools owned by one of the pids ``owners``.
 
-    A pool's segments are named ``bp-<owner pid>-...`` (transport/shm.py),
+    A pool's segments are named ``bp-<owner pid>-...`` (transport/shm_names.py),
     its workers' results included. Matched by prefix, not parsed, so that a
     malformed name of ours is a leak too; nothing under any other name, or
     of any other owner (another test run, another program), is looked at.

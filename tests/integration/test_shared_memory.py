@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from batchpool import BatchPoolExecutor, WorkerCrashedError
-from batchpool.transport import ring, shm
+from batchpool.transport import ring, shm, shm_names
 from tests import helpers
 
 np = pytest.importorskip("numpy")
@@ -286,7 +286,7 @@ def test_a_taken_name_makes_the_worker_and_the_parent_draw_another(
     target.write_bytes(b"precious")
     taken = "0" * 16
     drawn: set[int] = set()  # pids that have drawn once
-    real = shm._token
+    real = shm_names._token
 
     def first_taken() -> str:
         if os.getpid() in drawn:
@@ -294,7 +294,7 @@ def test_a_taken_name_makes_the_worker_and_the_parent_draw_another(
         drawn.add(os.getpid())
         return taken
 
-    monkeypatch.setattr(shm, "_token", first_taken)
+    monkeypatch.setattr(shm_names, "_token", first_taken)
     with BatchPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("fork")) as ex:
         prefix = ex._backend._shm_prefix
         assert prefix is not None

@@ -4,7 +4,7 @@ Any local user can put anything in /dev/shm under any name. These tests put
 there, under names shaped like a dead pool's segments, what a sweep or a
 receiver must leave alone (a directory, a symlink to a file elsewhere, a fifo,
 another user's file, malformed names) and take the next name before the
-creator does (through the ``shm._token`` hook, so every collision is
+creator does (through the ``shm_names._token`` hook, so every collision is
 certain, not hoped for). No processes: a dead owner is a pid above
 ``pid_max``, which no process can have.
 
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from batchpool.transport import shm
+from batchpool.transport import shm, shm_names
 
 pytestmark = pytest.mark.skipif(not shm.available(), reason="needs /dev/shm")
 
@@ -193,7 +193,7 @@ def test_a_segment_we_may_not_remove_is_skipped(made: list[str], monkeypatch: py
 
 def test_an_entry_gone_between_listing_and_looking_is_skipped(monkeypatch: pytest.MonkeyPatch) -> None:
     # Another sweep (another pool, another test run) may remove it first.
-    monkeypatch.setattr(shm, "_listdir", lambda: [_name()])
+    monkeypatch.setattr(shm_names, "_listdir", lambda: [_name()])
     assert shm.cleanup_orphans() == 0
     assert shm.cleanup_prefix(f"bp-{DEAD}-") == 0
 
@@ -254,7 +254,7 @@ def test_a_missing_segment_is_an_os_error() -> None:
 
 
 def _tokens(monkeypatch: pytest.MonkeyPatch, *tokens: str) -> list[str]:
-    """Make ``shm._token`` draw ``tokens`` in order (the last one forever); returns what was drawn."""
+    """Make ``shm_names._token`` draw ``tokens`` in order (the last one forever); returns what was drawn."""
     drawn: list[str] = []
 
     def draw() -> str:
@@ -262,7 +262,7 @@ def _tokens(monkeypatch: pytest.MonkeyPatch, *tokens: str) -> list[str]:
         drawn.append(token)
         return token
 
-    monkeypatch.setattr(shm, "_token", draw)
+    monkeypatch.setattr(shm_names, "_token", draw)
     return drawn
 
 
