@@ -42,10 +42,11 @@ from ..jobs import BATCHED_KINDS, CHUNK_KINDS, Batch, Job, items_of
 from ..options import Priority
 from ..state import Phase, PoolState
 from .lane import AGE_STEP, Lane, candidates, lane_key
-from .limits import UNLIMITED, KeyLimit, TokenBucket, Unlimited
+from .limits import KeyLimits, Unlimited
 from .sizing import Sizer, timing_key
 
 __all__ = ["AGE_STEP", "Batcher", "lane_key"]
+
 
 class Batcher:
     """The lanes of one pool. Thread-safe; ``put`` is cheap (one short lock).
@@ -106,12 +107,12 @@ class Batcher:
         self.submitted = 0  # the user's jobs ever accepted by put() (a map chunk counts its items)
         self._waiters = 0  # threads blocked in take_wait(); read without the lock
         self._space_waiters = 0
-        self._limits: dict[Hashable, KeyLimit] = {}
-        self._lifted: dict[Hashable, KeyLimit] = {}  # lifted limits whose jobs were still running
-        #: Job id -> the slot it holds, for jobs cut from a limited lane and not
-        #: done yet. Read without the lock by the ledger: it is non-empty
-        #: whenever a job in it is being settled (the job went in first).
-        self.holding: dict[int, Any] = {}
+        self._keys = KeyLimits()  # per-key limits (``batching.limits``); under ``_lock``
+        self._limits = self._keys.limits  # the same dict, read on every take
+        #: Job id -> the slot it holds (``KeyLimits.holding``, the same dict).
+        #: Read without the lock by the ledger: it is non-empty whenever a job
+        #: in it is being settled (the job went in first).
+        self.holding: dict[int, Any] = self._keys.holding
 
     # -- submit side ---------------------------------------------------------
 
@@ -143,35 +144,13 @@ class Batcher:
         ``rate_limit`` or ``ramp`` replaces the key's token bucket (ending a
         ramp in progress; the tokens saved up are kept, up to the new burst);
         ``ramp`` alone ramps the current rate again. Jobs running now keep
-        counting against the new concurrency limit.
+        counting against the new concurrency limit (``KeyLimits.change``).
 
         Raises:
             ValueError: ``ramp`` without any rate limit.
         """
         with self._lock:
-            now = self._clock()
-            # A limit lifted while its jobs ran is found again, so they still count.
-            limit = self._limits.get(key) or self._lifted.pop(key, None) or KeyLimit()
-            rate = limit.bucket.rate if limit.bucket is not None else None
-            if rate_limit is UNLIMITED:
-                rate = None
-            elif rate_limit is not None:
-                rate = float(rate_limit)
-            if rate is None and ramp:
-                raise ValueError("ramp needs a rate_limit (the rate to ramp up to)")  # before any change
-            if max_concurrency is UNLIMITED:
-                limit.max_concurrency = None
-            elif max_concurrency is not None:
-                limit.max_concurrency = max_concurrency
-            if rate is None:
-                limit.bucket = None
-            elif rate_limit is not None or ramp is not None:
-                saved = limit.bucket.available(now) if limit.bucket is not None else None
-                limit.bucket = TokenBucket(rate, now=now, ramp=ramp or 0.0, tokens=saved)
-            if not limit.unlimited:
-                self._limits[key] = limit
-            elif self._limits.pop(key, None) is not None and limit.running:
-                self._lifted[key] = limit  # its running jobs still release into it
+            self._keys.change(key, self._clock(), max_concurrency=max_concurrency, rate_limit=rate_limit, ramp=ramp)
             self._cond.notify_all()  # a raised limit may let waiting lanes go
 
     def is_limited(self, job: Job) -> bool:
@@ -181,17 +160,8 @@ class Batcher:
     def job_done(self, job: Job) -> None:
         """A job cut from a limited lane has finished: free its slot (the ledger calls this)."""
         with self._lock:
-            holder = self.holding.pop(job.id, None)
-            if holder is None:
-                return
-            holder.release()
-            if self._waiters:
+            if self._keys.release(job.id) and self._waiters:
                 self._cond.notify()
-
-    def _release_locked(self, job: Job) -> None:
-        holder = self.holding.pop(job.id, None)
-        if holder is not None:
-            holder.release()
 
     def key_limits(self) -> dict[Hashable, tuple[int, int | None, float | None, float, int]]:
         """Per limited key: (running, max_concurrency, rate limit now, starts in the last second, waiting)."""
@@ -201,16 +171,7 @@ class Batcher:
             for key, lane in self._lanes.items():
                 if key[2] in self._limits:
                     waiting[key[2]] = waiting.get(key[2], 0) + len(lane.jobs)
-            return {
-                key: (
-                    limit.running,
-                    limit.max_concurrency,
-                    limit.rate_at(now),
-                    limit.measured_rate(now),
-                    waiting.get(key, 0),
-                )
-                for key, limit in self._limits.items()
-            }
+            return self._keys.rows(now, waiting)
 
     def put(self, job: Job, *, block: bool = False, timeout: float | None = None) -> bool:
         """Queue one job.
@@ -252,7 +213,7 @@ class Batcher:
         """Queue a job again after ``delay`` seconds (a retry; never refused)."""
         with self._lock:
             if self.holding:
-                self._release_locked(job)
+                self._keys.release(job.id)
             heapq.heappush(self._delayed, (self._clock() + delay, next(self._seq), job))
             self._pending += 1
             self._cond.notify()
@@ -266,7 +227,7 @@ class Batcher:
         with self._lock:
             for job in reversed(jobs):
                 if self.holding:
-                    self._release_locked(job)
+                    self._keys.release(job.id)
                 key = lane_key(job)
                 lane = self._lane_locked(key, job)
                 lane.jobs.appendleft(job)
@@ -406,7 +367,8 @@ class Batcher:
             jobs = lane.pop(size)
             self._pending -= len(jobs)
             if limit is not None:
-                self._hold_locked(limit, key[1], jobs, now)
+                cost = sum(len(job.args[0]) for job in jobs) if key[1] in CHUNK_KINDS else len(jobs)
+                self._keys.hold(limit, [job.id for job in jobs], now, batched=key[1] in BATCHED_KINDS, cost=cost)
             lane.last_served = now
             active = self._active[lane.priority]
             if lane.jobs:
@@ -420,13 +382,6 @@ class Batcher:
             batch.fresh = True
             return batch
         return None
-
-    def _hold_locked(self, limit: KeyLimit, kind: int, jobs: list[Job], now: float) -> None:
-        cost = sum(len(job.args[0]) for job in jobs) if kind in CHUNK_KINDS else len(jobs)
-        holders = limit.started(len(jobs), now, batched=kind in BATCHED_KINDS, cost=cost)
-        holding = self.holding
-        for job, holder in zip(jobs, holders, strict=True):
-            holding[job.id] = holder
 
     def _promote_locked(self, now: float) -> None:
         delayed = self._delayed
