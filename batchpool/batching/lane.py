@@ -1,10 +1,11 @@
-"""One lane of waiting jobs: its key, its record, when it is ready, and which ready lane goes first.
+"""Lanes of waiting jobs: their keys and records, when one is ready, which ready one goes first.
 
 Imports ``batchpool.jobs`` and ``batchpool.options`` only; the Batcher
 (``batching.lanes``) holds the lanes and calls in, under its lock.
 
 A lane holds the jobs of one (priority, kind, key), the key being the
-callable unless the user names one.
+callable unless the user names one. ``LaneTable`` holds one pool's lanes,
+the active ones (holding jobs) per priority, and per-key batching policies.
 
 * Priority: REALTIME before NORMAL before BULK, round robin among the lanes of
   one priority. Aging keeps lower lanes from starving: a lane whose oldest job
@@ -21,13 +22,13 @@ callable unless the user names one.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 from ..jobs import Job
 from ..options import Priority
 
-__all__ = ["AGE_STEP", "Lane", "candidates", "lane_key"]
+__all__ = ["AGE_STEP", "Lane", "LaneTable", "candidates", "lane_key"]
 
 #: Seconds after which a waiting lower-priority lane is served regardless.
 AGE_STEP = 0.25
@@ -104,3 +105,92 @@ def candidates(
             else:
                 ready.append((key, lane, reason))
     return starving + ready
+
+
+class LaneTable:
+    """One pool's lanes by key, the active ones per priority in round-robin order, per-key policies.
+
+    No lock of its own: the Batcher calls it under its lock.
+
+    Args:
+        max_batch_size: the default most jobs in one batch.
+        max_delay: the default seconds a partial batch may wait.
+        timing: the timing key of a callable and kind (``sizing.timing_key``).
+    """
+
+    def __init__(self, max_batch_size: int, max_delay: float, timing: Callable[[Any, int], Hashable]) -> None:
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_delay
+        self._timing = timing
+        self.lanes: dict[tuple[Any, ...], Lane] = {}
+        # Lanes that hold jobs, per priority, in round-robin order.
+        self.active: dict[int, OrderedDict[tuple[Any, ...], Lane]] = {int(p): OrderedDict() for p in Priority}
+        self.policies: dict[Hashable, tuple[int, float]] = {}
+
+    def set_policy(self, key: Hashable, max_batch_size: int, max_delay: float) -> None:
+        """Batching limits for the lane(s) of one key, instead of the defaults."""
+        self.policies[key] = (max_batch_size, max_delay)
+        for lane in self.lanes.values():
+            if lane.key[2] == key:
+                lane.max_batch_size = max_batch_size
+                lane.max_delay = 0.0 if lane.priority == Priority.REALTIME else max_delay
+
+    def policy(self, key: Hashable) -> tuple[int, float]:
+        """The batching limits of one key: (max_batch_size, max_delay)."""
+        return self.policies.get(key, (self.max_batch_size, self.max_delay))
+
+    def lane(self, key: tuple[Any, ...], job: Job) -> Lane:
+        """The lane of ``key``, made if needed, and marked active (it is about to get a job)."""
+        lane = self.lanes.get(key)
+        if lane is None:
+            size, delay = self.policy(key[2])
+            lane = self.lanes[key] = Lane(key, job, size, delay, self._timing(job.fn, job.kind))
+        if not lane.jobs:
+            self.active[lane.priority][key] = lane
+        return lane
+
+    def served(self, key: tuple[Any, ...], lane: Lane, now: float) -> None:
+        """A batch was cut from the lane: it goes to the back of its round, or away when empty."""
+        lane.last_served = now
+        active = self.active[lane.priority]
+        if lane.jobs:
+            active.move_to_end(key)  # round robin within a priority
+        else:
+            del active[key]
+            del self.lanes[key]  # empty lanes go: they hold the callable
+
+    def active_keys(self) -> Iterator[tuple[Any, ...]]:
+        """The keys of the lanes that hold jobs."""
+        for active in self.active.values():
+            yield from active
+
+    def linger_deadlines(self) -> Iterator[float]:
+        """When each lingering lane (``max_delay`` set) becomes ready by delay."""
+        for active in self.active.values():
+            for lane in active.values():
+                if lane.max_delay:
+                    yield lane.jobs[0].t_submit + lane.max_delay
+
+    def waiting(self, keys: dict[Hashable, Any]) -> dict[Hashable, int]:
+        """Jobs waiting per user key, for the keys in ``keys``."""
+        waiting: dict[Hashable, int] = {}
+        for key, lane in self.lanes.items():
+            if key[2] in keys:
+                waiting[key[2]] = waiting.get(key[2], 0) + len(lane.jobs)
+        return waiting
+
+    def depths(self) -> list[tuple[tuple[Any, ...], int]]:
+        """(lane key, jobs waiting) of each lane that holds jobs."""
+        return [(key, len(lane.jobs)) for key, lane in self.lanes.items() if lane.jobs]
+
+    def clear(self) -> list[Job]:
+        """Remove every lane; returns their jobs."""
+        removed = [job for lane in self.lanes.values() for job in lane.jobs]
+        self.lanes.clear()
+        for active in self.active.values():
+            active.clear()
+        return removed
+
+    def queued(self) -> int:
+        """Jobs waiting in all lanes."""
+        return sum(len(lane.jobs) for lane in self.lanes.values())

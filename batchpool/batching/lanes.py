@@ -34,14 +34,13 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Any
 
 from ..jobs import BATCHED_KINDS, CHUNK_KINDS, Batch, Job, items_of
 from ..options import Priority
 from ..state import Phase, PoolState
-from .lane import AGE_STEP, Lane, candidates, lane_key
+from .lane import AGE_STEP, LaneTable, candidates, lane_key
 from .limits import KeyLimits, Unlimited
 from .sizing import Sizer, timing_key
 
@@ -85,8 +84,6 @@ class Batcher:
         state: PoolState | None = None,
     ) -> None:
         self.state = state if state is not None else PoolState(1)
-        self.max_batch_size = max_batch_size
-        self.max_delay = max_delay
         #: Run-time estimates and batch sizes (``batching.sizing``); under ``_lock``.
         self.sizer = Sizer(target_batch_time=target_batch_time, auto=auto)
         self.max_pending = max_pending
@@ -96,10 +93,7 @@ class Batcher:
         self._lock = self.state.lock
         self._cond = self.state.condition()  # idle worker threads wait here
         self._space = self.state.condition()  # blocked submitters wait here
-        self._lanes: dict[tuple[Any, ...], Lane] = {}
-        # Lanes that hold jobs, per priority, in round-robin order.
-        self._active: dict[int, OrderedDict[tuple[Any, ...], Lane]] = {int(p): OrderedDict() for p in Priority}
-        self._policies: dict[Hashable, tuple[int, float]] = {}
+        self._table = LaneTable(max_batch_size, max_delay, timing_key)  # the lanes (``batching.lane``)
         self._delayed: list[tuple[float, int, Job]] = []  # heap of retries by ready time
         self._seq = itertools.count()
         self._estimates = self.sizer.estimates  # the same dict (tests seed it)
@@ -119,16 +113,12 @@ class Batcher:
     def set_policy(self, key: Hashable, max_batch_size: int, max_delay: float) -> None:
         """Batching limits for the lane(s) of one key, instead of the defaults."""
         with self._lock:
-            self._policies[key] = (max_batch_size, max_delay)
-            for lane in self._lanes.values():
-                if lane.key[2] == key:
-                    lane.max_batch_size = max_batch_size
-                    lane.max_delay = 0.0 if lane.priority == Priority.REALTIME else max_delay
+            self._table.set_policy(key, max_batch_size, max_delay)
 
     def policy(self, key: Hashable) -> tuple[int, float]:
         """The batching limits of one key: (max_batch_size, max_delay)."""
         with self._lock:
-            return self._policies.get(key, (self.max_batch_size, self.max_delay))
+            return self._table.policy(key)
 
     def set_limit(
         self,
@@ -166,12 +156,7 @@ class Batcher:
     def key_limits(self) -> dict[Hashable, tuple[int, int | None, float | None, float, int]]:
         """Per limited key: (running, max_concurrency, rate limit now, starts in the last second, waiting)."""
         with self._lock:
-            now = self._clock()
-            waiting: dict[Hashable, int] = {}
-            for key, lane in self._lanes.items():
-                if key[2] in self._limits:
-                    waiting[key[2]] = waiting.get(key[2], 0) + len(lane.jobs)
-            return self._keys.rows(now, waiting)
+            return self._keys.rows(self._clock(), self._table.waiting(self._limits))
 
     def put(self, job: Job, *, block: bool = False, timeout: float | None = None) -> bool:
         """Queue one job.
@@ -228,9 +213,7 @@ class Batcher:
             for job in reversed(jobs):
                 if self.holding:
                     self._keys.release(job.id)
-                key = lane_key(job)
-                lane = self._lane_locked(key, job)
-                lane.jobs.appendleft(job)
+                self._table.lane(lane_key(job), job).jobs.appendleft(job)
                 self._pending += 1
             if self._waiters:
                 self._cond.notify(len(jobs))
@@ -238,38 +221,30 @@ class Batcher:
     def _queue_locked(self, key: tuple[Any, ...], job: Job) -> None:
         if key[0] == Priority.REALTIME:
             self.sizer.last_realtime = job.t_submit
-        self._lane_locked(key, job).jobs.append(job)
+        self._table.lane(key, job).jobs.append(job)
         self._pending += 1
         if self._waiters:
             self._cond.notify()
 
-    def _lane_locked(self, key: tuple[Any, ...], job: Job) -> Lane:
-        """The lane of ``key``, made if needed, and marked active (it is about to get a job)."""
-        lane = self._lanes.get(key)
-        if lane is None:
-            size, delay = self._policies.get(key[2], (self.max_batch_size, self.max_delay))
-            lane = self._lanes[key] = Lane(key, job, size, delay, timing_key(job.fn, job.kind))
-        if not lane.jobs:
-            self._active[lane.priority][key] = lane
-        return lane
+    @property
+    def max_batch_size(self) -> int:
+        """Most jobs in one batch, for keys without a policy of their own."""
+        return self._table.max_batch_size
+
+    @property
+    def max_delay(self) -> float:
+        """Seconds a partial batch may wait, for keys without a policy of their own."""
+        return self._table.max_delay
 
     @property
     def target_batch_time(self) -> float:
         """Seconds of measured work one batch should hold."""
         return self.sizer.target_batch_time
 
-    @target_batch_time.setter
-    def target_batch_time(self, seconds: float) -> None:
-        self.sizer.target_batch_time = seconds
-
     @property
     def auto(self) -> bool:
         """Batches of ``@batched`` functions are sized by measured time too."""
         return self.sizer.auto
-
-    @auto.setter
-    def auto(self, auto: bool) -> None:
-        self.sizer.auto = auto
 
     @property
     def pending(self) -> int:
@@ -284,7 +259,7 @@ class Batcher:
     def depths(self) -> dict[str, int]:
         """Jobs waiting per lane, labelled 'PRIORITY/key' (a snapshot)."""
         with self._lock:
-            lanes = [(key, len(lane.jobs)) for key, lane in self._lanes.items() if lane.jobs]
+            lanes = self._table.depths()
         depths: dict[str, int] = {}
         for key, depth in lanes:
             name = key[2] if isinstance(key[2], str) else getattr(key[2], "__qualname__", None) or repr(key[2])
@@ -353,7 +328,7 @@ class Batcher:
             self._promote_locked(now)
         limits = self._limits
         closing = self.state.closing
-        for key, lane, reason in candidates(self._active, now, closing):
+        for key, lane, reason in candidates(self._table.active, now, closing):
             size = self.sizer.size(lane, max_jobs, idle, prefetch, workers, now, closing)
             if size == 0:
                 continue
@@ -369,13 +344,7 @@ class Batcher:
             if limit is not None:
                 cost = sum(len(job.args[0]) for job in jobs) if key[1] in CHUNK_KINDS else len(jobs)
                 self._keys.hold(limit, [job.id for job in jobs], now, batched=key[1] in BATCHED_KINDS, cost=cost)
-            lane.last_served = now
-            active = self._active[lane.priority]
-            if lane.jobs:
-                active.move_to_end(key)  # round robin within a priority
-            else:
-                del active[key]
-                del self._lanes[key]  # empty lanes go: they hold the callable
+            self._table.served(key, lane, now)
             if self._space_waiters:
                 self._space.notify(len(jobs))
             batch = Batch(jobs, reason, lane.timing_key)
@@ -424,19 +393,13 @@ class Batcher:
         deadlines = [self._delayed[0][0]] if self._delayed else []
         if self._limits:
             now = self._clock()
-            for active in self._active.values():
-                for key in active:
-                    limit = self._limits.get(key[2])
-                    at = limit.ready_at(now) if limit is not None else None
-                    if at is not None:
-                        deadlines.append(at)  # a rate-limited lane gets its next token
+            for key in self._table.active_keys():
+                limit = self._limits.get(key[2])
+                at = limit.ready_at(now) if limit is not None else None
+                if at is not None:
+                    deadlines.append(at)  # a rate-limited lane gets its next token
         if not self.state.closing:
-            deadlines.extend(
-                lane.jobs[0].t_submit + lane.max_delay
-                for active in self._active.values()
-                for lane in active.values()
-                if lane.max_delay
-            )
+            deadlines.extend(self._table.linger_deadlines())
         return min(deadlines) if deadlines else None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -463,10 +426,7 @@ class Batcher:
         return removed
 
     def _drain_locked(self, *, started: bool) -> list[Job]:
-        removed = [job for lane in self._lanes.values() for job in lane.jobs]
-        self._lanes.clear()
-        for active in self._active.values():
-            active.clear()
+        removed = self._table.clear()
         if started:
             removed.extend(job for _, _, job in self._delayed)
             self._delayed.clear()
@@ -474,8 +434,8 @@ class Batcher:
             keep = [job for job in removed if job.started]
             removed = [job for job in removed if not job.started]
             for job in keep:
-                self._lane_locked(lane_key(job), job).jobs.append(job)
-        self._pending = len(self._delayed) + sum(len(lane.jobs) for lane in self._lanes.values())
+                self._table.lane(lane_key(job), job).jobs.append(job)
+        self._pending = len(self._delayed) + self._table.queued()
         return removed
 
     def wake_all(self) -> None:
