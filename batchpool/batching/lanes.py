@@ -1,6 +1,8 @@
 """Lanes of waiting jobs, and when and how they are cut into batches.
 
-Imports ``batchpool.jobs`` and ``batchpool.options`` only; backends call in.
+Imports ``batchpool.jobs``, ``batchpool.options``, ``batchpool.state`` and
+the other ``batching`` modules (``lane``, ``sizing``, ``limits``); backends
+call in.
 
 Jobs wait here, in the parent, until a worker can take them; nothing queues
 inside workers beyond a small prefetch. A lane holds the jobs of one
@@ -8,28 +10,10 @@ inside workers beyond a small prefetch. A lane holds the jobs of one
 A worker with a free slot asks ``take()`` for a batch and gets one from the
 best ready lane:
 
-* Priority: REALTIME before NORMAL before BULK, round robin among the lanes of
-  one priority. Aging keeps lower lanes from starving: a lane whose oldest job
-  has waited ``AGE_STEP`` seconds, and which was not served in the last
-  ``AGE_STEP`` seconds, is served next whatever its priority. So under any load
-  a BULK lane still gets a batch at least every ``AGE_STEP`` seconds, and a
-  REALTIME job waits behind at most one such batch.
-* Ready: a lane is ready when it has ``max_batch_size`` jobs, when its oldest
-  job has waited ``max_delay``, when the pool is closing, or at once when
-  ``max_delay`` is 0 (the default: flush as soon as a worker is free).
-  REALTIME lanes never linger. Both limits can be set per key.
-* Size: up to ``max_batch_size``, split evenly over the idle workers, and for
-  plain jobs whose measured run time is known, no more than
-  ``target_batch_time`` worth of them, so slow jobs still spread over every
-  worker. A callable never timed yet goes out one job at a time until its first
-  batch is back. Jobs with a timeout go out alone (so a timeout is exact).
-* Estimates are trusted only as far as they were measured: a batch holds at
-  most twice as many jobs as the largest batch of its callable measured so far
-  (sizes double as batches come back), and a measured time per job above the
-  estimate replaces it at once (below, it moves it by a weighted average). So
-  a few quick warm-up calls cannot send the slow calls that follow in one
-  oversized batch: the first batch after them holds two jobs, and its time
-  corrects the estimate before a larger one leaves.
+* Which ready lane goes first (priority, round robin, aging) and when a lane
+  is ready (size, delay, closing): ``batching.lane``.
+* How many jobs a batch holds (measured run times, the REALTIME window):
+  ``batching.sizing``.
 
 Because jobs collect while every worker is busy, batches grow with load by
 themselves and stay small (fast) when the pool is idle.
@@ -49,65 +33,18 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import math
 import time
-from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
 from ..jobs import BATCHED_KINDS, CHUNK_KINDS, Batch, Job, items_of
 from ..options import Priority
 from ..state import Phase, PoolState
-from .limits import UNLIMITED, KeyLimit, TokenBucket, Unlimited
+from .lane import AGE_STEP, LaneTable, candidates, lane_key
+from .limits import KeyLimits, Unlimited
+from .sizing import Sizer, timing_key
 
 __all__ = ["AGE_STEP", "Batcher", "lane_key"]
-
-#: Seconds after which a waiting lower-priority lane is served regardless.
-AGE_STEP = 0.25
-#: For this long after a REALTIME job was queued, other work is not prefetched
-#: into busy workers and its batches are cut to a quarter of the target time,
-#: so a worker frees up often and the next REALTIME job finds it.
-REALTIME_WINDOW = 1.0
-# How strongly one new timing sample moves a callable's run-time estimate.
-_EWMA_WEIGHT = 0.3
-# Timing estimates are kept by name, not by object (an object key would keep
-# the user's callable, and anything bound to it, alive); bounded like a cache.
-_MAX_ESTIMATES = 4096
-
-
-def lane_key(job: Job) -> tuple[Any, ...]:
-    """The lane a job waits in: priority, kind, key (or callable), timed or not."""
-    opts = job.opts
-    key: Hashable = opts.key if opts.key is not None else job.fn
-    try:
-        hash(key)
-    except TypeError:
-        # An unhashable callable gets a lane of its own identity; _pop() checks
-        # callables by identity too, so an id reused later cannot mix batches.
-        key = ("id", id(key))
-    return (opts.priority, job.kind, key, opts.timeout is not None)
-
-
-def timing_key(fn: Callable[..., Any], kind: int) -> Hashable:
-    """Name-based key of a callable's run-time estimate (holds no reference)."""
-    target = getattr(fn, "__func__", fn)
-    module = getattr(target, "__module__", None) or type(target).__module__
-    name = getattr(target, "__qualname__", None) or type(target).__qualname__
-    return (module, name, kind)
-
-
-class _Lane:
-    __slots__ = ("jobs", "key", "last_served", "max_batch_size", "max_delay", "priority", "timed", "timing_key")
-
-    def __init__(self, key: tuple[Any, ...], job: Job, max_batch_size: int, max_delay: float) -> None:
-        self.key = key
-        self.priority = int(job.opts.priority)
-        self.timed = job.opts.timeout is not None
-        self.timing_key = timing_key(job.fn, job.kind)
-        self.max_batch_size = max_batch_size
-        self.max_delay = 0.0 if self.priority == Priority.REALTIME else max_delay
-        self.last_served = job.t_submit
-        self.jobs: deque[Job] = deque()
 
 
 class Batcher:
@@ -147,10 +84,8 @@ class Batcher:
         state: PoolState | None = None,
     ) -> None:
         self.state = state if state is not None else PoolState(1)
-        self.max_batch_size = max_batch_size
-        self.auto = auto
-        self.max_delay = max_delay
-        self.target_batch_time = target_batch_time
+        #: Run-time estimates and batch sizes (``batching.sizing``); under ``_lock``.
+        self.sizer = Sizer(target_batch_time=target_batch_time, auto=auto)
         self.max_pending = max_pending
         self._clock = clock
         # One lock for lanes, counters and the pool's lifecycle; every critical
@@ -158,41 +93,32 @@ class Batcher:
         self._lock = self.state.lock
         self._cond = self.state.condition()  # idle worker threads wait here
         self._space = self.state.condition()  # blocked submitters wait here
-        self._lanes: dict[tuple[Any, ...], _Lane] = {}
-        # Lanes that hold jobs, per priority, in round-robin order.
-        self._active: dict[int, OrderedDict[tuple[Any, ...], _Lane]] = {int(p): OrderedDict() for p in Priority}
-        self._policies: dict[Hashable, tuple[int, float]] = {}
+        self._table = LaneTable(max_batch_size, max_delay, timing_key)  # the lanes (``batching.lane``)
         self._delayed: list[tuple[float, int, Job]] = []  # heap of retries by ready time
         self._seq = itertools.count()
-        # Per timing key: (seconds per job, the largest batch measured at that estimate).
-        self._estimates: OrderedDict[Hashable, tuple[float, int]] = OrderedDict()
+        self._estimates = self.sizer.estimates  # the same dict (tests seed it)
         self._pending = 0  # queued jobs, delayed ones included
         self.submitted = 0  # the user's jobs ever accepted by put() (a map chunk counts its items)
         self._waiters = 0  # threads blocked in take_wait(); read without the lock
         self._space_waiters = 0
-        self._last_realtime = -REALTIME_WINDOW * 2
-        self._limits: dict[Hashable, KeyLimit] = {}
-        self._lifted: dict[Hashable, KeyLimit] = {}  # lifted limits whose jobs were still running
-        #: Job id -> the slot it holds, for jobs cut from a limited lane and not
-        #: done yet. Read without the lock by the ledger: it is non-empty
-        #: whenever a job in it is being settled (the job went in first).
-        self.holding: dict[int, Any] = {}
+        self._keys = KeyLimits()  # per-key limits (``batching.limits``); under ``_lock``
+        self._limits = self._keys.limits  # the same dict, read on every take
+        #: Job id -> the slot it holds (``KeyLimits.holding``, the same dict).
+        #: Read without the lock by the ledger: it is non-empty whenever a job
+        #: in it is being settled (the job went in first).
+        self.holding: dict[int, Any] = self._keys.holding
 
     # -- submit side ---------------------------------------------------------
 
     def set_policy(self, key: Hashable, max_batch_size: int, max_delay: float) -> None:
         """Batching limits for the lane(s) of one key, instead of the defaults."""
         with self._lock:
-            self._policies[key] = (max_batch_size, max_delay)
-            for lane in self._lanes.values():
-                if lane.key[2] == key:
-                    lane.max_batch_size = max_batch_size
-                    lane.max_delay = 0.0 if lane.priority == Priority.REALTIME else max_delay
+            self._table.set_policy(key, max_batch_size, max_delay)
 
     def policy(self, key: Hashable) -> tuple[int, float]:
         """The batching limits of one key: (max_batch_size, max_delay)."""
         with self._lock:
-            return self._policies.get(key, (self.max_batch_size, self.max_delay))
+            return self._table.policy(key)
 
     def set_limit(
         self,
@@ -208,35 +134,13 @@ class Batcher:
         ``rate_limit`` or ``ramp`` replaces the key's token bucket (ending a
         ramp in progress; the tokens saved up are kept, up to the new burst);
         ``ramp`` alone ramps the current rate again. Jobs running now keep
-        counting against the new concurrency limit.
+        counting against the new concurrency limit (``KeyLimits.change``).
 
         Raises:
             ValueError: ``ramp`` without any rate limit.
         """
         with self._lock:
-            now = self._clock()
-            # A limit lifted while its jobs ran is found again, so they still count.
-            limit = self._limits.get(key) or self._lifted.pop(key, None) or KeyLimit()
-            rate = limit.bucket.rate if limit.bucket is not None else None
-            if rate_limit is UNLIMITED:
-                rate = None
-            elif rate_limit is not None:
-                rate = float(rate_limit)
-            if rate is None and ramp:
-                raise ValueError("ramp needs a rate_limit (the rate to ramp up to)")  # before any change
-            if max_concurrency is UNLIMITED:
-                limit.max_concurrency = None
-            elif max_concurrency is not None:
-                limit.max_concurrency = max_concurrency
-            if rate is None:
-                limit.bucket = None
-            elif rate_limit is not None or ramp is not None:
-                saved = limit.bucket.available(now) if limit.bucket is not None else None
-                limit.bucket = TokenBucket(rate, now=now, ramp=ramp or 0.0, tokens=saved)
-            if not limit.unlimited:
-                self._limits[key] = limit
-            elif self._limits.pop(key, None) is not None and limit.running:
-                self._lifted[key] = limit  # its running jobs still release into it
+            self._keys.change(key, self._clock(), max_concurrency=max_concurrency, rate_limit=rate_limit, ramp=ramp)
             self._cond.notify_all()  # a raised limit may let waiting lanes go
 
     def is_limited(self, job: Job) -> bool:
@@ -246,36 +150,13 @@ class Batcher:
     def job_done(self, job: Job) -> None:
         """A job cut from a limited lane has finished: free its slot (the ledger calls this)."""
         with self._lock:
-            holder = self.holding.pop(job.id, None)
-            if holder is None:
-                return
-            holder.release()
-            if self._waiters:
+            if self._keys.release(job.id) and self._waiters:
                 self._cond.notify()
-
-    def _release_locked(self, job: Job) -> None:
-        holder = self.holding.pop(job.id, None)
-        if holder is not None:
-            holder.release()
 
     def key_limits(self) -> dict[Hashable, tuple[int, int | None, float | None, float, int]]:
         """Per limited key: (running, max_concurrency, rate limit now, starts in the last second, waiting)."""
         with self._lock:
-            now = self._clock()
-            waiting: dict[Hashable, int] = {}
-            for key, lane in self._lanes.items():
-                if key[2] in self._limits:
-                    waiting[key[2]] = waiting.get(key[2], 0) + len(lane.jobs)
-            return {
-                key: (
-                    limit.running,
-                    limit.max_concurrency,
-                    limit.rate_at(now),
-                    limit.measured_rate(now),
-                    waiting.get(key, 0),
-                )
-                for key, limit in self._limits.items()
-            }
+            return self._keys.rows(self._clock(), self._table.waiting(self._limits))
 
     def put(self, job: Job, *, block: bool = False, timeout: float | None = None) -> bool:
         """Queue one job.
@@ -317,7 +198,7 @@ class Batcher:
         """Queue a job again after ``delay`` seconds (a retry; never refused)."""
         with self._lock:
             if self.holding:
-                self._release_locked(job)
+                self._keys.release(job.id)
             heapq.heappush(self._delayed, (self._clock() + delay, next(self._seq), job))
             self._pending += 1
             self._cond.notify()
@@ -331,31 +212,39 @@ class Batcher:
         with self._lock:
             for job in reversed(jobs):
                 if self.holding:
-                    self._release_locked(job)
-                key = lane_key(job)
-                lane = self._lane_locked(key, job)
-                lane.jobs.appendleft(job)
+                    self._keys.release(job.id)
+                self._table.lane(lane_key(job), job).jobs.appendleft(job)
                 self._pending += 1
             if self._waiters:
                 self._cond.notify(len(jobs))
 
     def _queue_locked(self, key: tuple[Any, ...], job: Job) -> None:
         if key[0] == Priority.REALTIME:
-            self._last_realtime = job.t_submit
-        self._lane_locked(key, job).jobs.append(job)
+            self.sizer.last_realtime = job.t_submit
+        self._table.lane(key, job).jobs.append(job)
         self._pending += 1
         if self._waiters:
             self._cond.notify()
 
-    def _lane_locked(self, key: tuple[Any, ...], job: Job) -> _Lane:
-        """The lane of ``key``, made if needed, and marked active (it is about to get a job)."""
-        lane = self._lanes.get(key)
-        if lane is None:
-            size, delay = self._policies.get(key[2], (self.max_batch_size, self.max_delay))
-            lane = self._lanes[key] = _Lane(key, job, size, delay)
-        if not lane.jobs:
-            self._active[lane.priority][key] = lane
-        return lane
+    @property
+    def max_batch_size(self) -> int:
+        """Most jobs in one batch, for keys without a policy of their own."""
+        return self._table.max_batch_size
+
+    @property
+    def max_delay(self) -> float:
+        """Seconds a partial batch may wait, for keys without a policy of their own."""
+        return self._table.max_delay
+
+    @property
+    def target_batch_time(self) -> float:
+        """Seconds of measured work one batch should hold."""
+        return self.sizer.target_batch_time
+
+    @property
+    def auto(self) -> bool:
+        """Batches of ``@batched`` functions are sized by measured time too."""
+        return self.sizer.auto
 
     @property
     def pending(self) -> int:
@@ -370,7 +259,7 @@ class Batcher:
     def depths(self) -> dict[str, int]:
         """Jobs waiting per lane, labelled 'PRIORITY/key' (a snapshot)."""
         with self._lock:
-            lanes = [(key, len(lane.jobs)) for key, lane in self._lanes.items() if lane.jobs]
+            lanes = self._table.depths()
         depths: dict[str, int] = {}
         for key, depth in lanes:
             name = key[2] if isinstance(key[2], str) else getattr(key[2], "__qualname__", None) or repr(key[2])
@@ -438,8 +327,9 @@ class Batcher:
         if self._delayed and self._delayed[0][0] <= now:
             self._promote_locked(now)
         limits = self._limits
-        for key, lane, reason in self._candidates(now):
-            size = self._size(lane, max_jobs, idle, prefetch, workers, now)
+        closing = self.state.closing
+        for key, lane, reason in candidates(self._table.active, now, closing):
+            size = self.sizer.size(lane, max_jobs, idle, prefetch, workers, now, closing)
             if size == 0:
                 continue
             limit = limits.get(key[2]) if limits else None
@@ -449,95 +339,18 @@ class Batcher:
                     continue  # at its limit: other lanes go on
                 if key[1] in CHUNK_KINDS and limit.bucket is not None:
                     size = 1  # a map chunk is charged its items (below): one at a time
-            jobs = self._pop(lane, size)
+            jobs = lane.pop(size)
+            self._pending -= len(jobs)
             if limit is not None:
-                self._hold_locked(limit, key[1], jobs, now)
-            lane.last_served = now
-            active = self._active[lane.priority]
-            if lane.jobs:
-                active.move_to_end(key)  # round robin within a priority
-            else:
-                del active[key]
-                del self._lanes[key]  # empty lanes go: they hold the callable
+                cost = sum(len(job.args[0]) for job in jobs) if key[1] in CHUNK_KINDS else len(jobs)
+                self._keys.hold(limit, [job.id for job in jobs], now, batched=key[1] in BATCHED_KINDS, cost=cost)
+            self._table.served(key, lane, now)
             if self._space_waiters:
                 self._space.notify(len(jobs))
             batch = Batch(jobs, reason, lane.timing_key)
             batch.fresh = True
             return batch
         return None
-
-    def _hold_locked(self, limit: KeyLimit, kind: int, jobs: list[Job], now: float) -> None:
-        cost = sum(len(job.args[0]) for job in jobs) if kind in CHUNK_KINDS else len(jobs)
-        holders = limit.started(len(jobs), now, batched=kind in BATCHED_KINDS, cost=cost)
-        holding = self.holding
-        for job, holder in zip(jobs, holders, strict=True):
-            holding[job.id] = holder
-
-    def _candidates(self, now: float) -> list[tuple[tuple[Any, ...], _Lane, str]]:
-        """Ready lanes in the order they should be served."""
-        ready: list[tuple[tuple[Any, ...], _Lane, str]] = []
-        starving: list[tuple[tuple[Any, ...], _Lane, str]] = []
-        for priority in (0, 1, 2):
-            for key, lane in self._active[priority].items():
-                reason = self._ready(lane, now)
-                if reason is None:
-                    continue
-                if priority and now - lane.last_served >= AGE_STEP and now - lane.jobs[0].t_submit >= AGE_STEP:
-                    starving.append((key, lane, reason))
-                else:
-                    ready.append((key, lane, reason))
-        return starving + ready
-
-    def _ready(self, lane: _Lane, now: float) -> str | None:
-        if self.state.closing:
-            return "shutdown"
-        if len(lane.jobs) >= lane.max_batch_size:
-            return "size"
-        if lane.max_delay == 0:
-            return "free worker"
-        if now - lane.jobs[0].t_submit >= lane.max_delay:
-            return "delay"
-        return None
-
-    def _size(self, lane: _Lane, max_jobs: int, idle: int, prefetch: bool, workers: int, now: float) -> int:
-        if lane.timed:
-            return 0 if prefetch else 1  # a timeout is measured from the job's own start
-        queued = len(lane.jobs)
-        size = min(lane.max_batch_size, max_jobs, queued)
-        if lane.max_delay and not self.state.closing:
-            return size  # the user asked for size-or-delay batches: keep them whole
-        if lane.jobs[0].kind in BATCHED_KINDS and not self.auto:
-            return size  # batch functions: the batch is the user's unit of work
-        known = self._estimates.get(lane.timing_key)
-        if known is None:
-            # Never timed: probe with single jobs until the first batch is back.
-            return 0 if prefetch else min(size, 1)
-        estimate, measured = known
-        size = min(size, 2 * measured)  # grow only as far as measured (twice the largest batch)
-        target = self.target_batch_time
-        if lane.priority != Priority.REALTIME and now - self._last_realtime < REALTIME_WINDOW:
-            if prefetch:
-                return 0
-            target /= 4
-        if estimate > 0:
-            size = min(size, max(1, int(target / estimate)))
-        if prefetch and estimate * size > target:
-            # Slow jobs: prefetch one only while the lane is deep enough that
-            # every other worker still finds work when it frees up.
-            return 1 if queued >= 2 * workers else 0
-        return min(size, math.ceil(queued / idle))
-
-    def _pop(self, lane: _Lane, size: int) -> list[Job]:
-        jobs = lane.jobs
-        first = jobs.popleft()
-        out = [first]
-        fn = first.fn
-        # A batch carries one callable; equal-but-distinct callables are fine
-        # (bound methods are created anew on every attribute access).
-        while len(out) < size and jobs and (jobs[0].fn is fn or jobs[0].fn == fn):
-            out.append(jobs.popleft())
-        self._pending -= len(out)
-        return out
 
     def _promote_locked(self, now: float) -> None:
         delayed = self._delayed
@@ -551,11 +364,8 @@ class Batcher:
     def record(self, key: Hashable, jobs: int, seconds: float) -> None:
         """Feed the measured run time of a finished batch of ``jobs`` jobs into its estimate.
 
-        Slower than estimated: the sample replaces the estimate (an
-        underestimate makes oversized batches, which keep workers idle), and
-        when it is more than twice the estimate, what was measured before no
-        longer counts, so batch sizes grow again from this one. Quicker: the
-        estimate moves by a weighted average.
+        The rule (a slower sample is believed at once, a quicker one moves the
+        estimate by a weighted average) is ``Sizer.record``'s.
 
         Example:
             >>> b = Batcher(max_batch_size=100, max_delay=0)
@@ -566,26 +376,13 @@ class Batcher:
         """
         if jobs <= 0:
             return
-        sample = seconds / jobs
         with self._lock:
-            old = self._estimates.pop(key, None)
-            if old is None:
-                self._estimates[key] = (sample, jobs)
-            else:
-                estimate, measured = old
-                if sample > 2 * estimate:
-                    self._estimates[key] = (sample, jobs)  # a new regime: measure again from here
-                elif sample > estimate:
-                    self._estimates[key] = (sample, max(measured, jobs))
-                else:
-                    self._estimates[key] = (estimate + _EWMA_WEIGHT * (sample - estimate), max(measured, jobs))
-            if len(self._estimates) > _MAX_ESTIMATES:
-                self._estimates.popitem(last=False)
+            self.sizer.record(key, jobs, seconds)
 
     def estimate(self, key: Hashable) -> tuple[float, int] | None:
         """Seconds per job and the largest batch measured, for a timing key (None: never timed)."""
         with self._lock:
-            return self._estimates.get(key)
+            return self.sizer.estimates.get(key)
 
     def next_deadline(self) -> float | None:
         """When a lingering lane or a delayed retry becomes ready (batcher clock)."""
@@ -596,19 +393,13 @@ class Batcher:
         deadlines = [self._delayed[0][0]] if self._delayed else []
         if self._limits:
             now = self._clock()
-            for active in self._active.values():
-                for key in active:
-                    limit = self._limits.get(key[2])
-                    at = limit.ready_at(now) if limit is not None else None
-                    if at is not None:
-                        deadlines.append(at)  # a rate-limited lane gets its next token
+            for key in self._table.active_keys():
+                limit = self._limits.get(key[2])
+                at = limit.ready_at(now) if limit is not None else None
+                if at is not None:
+                    deadlines.append(at)  # a rate-limited lane gets its next token
         if not self.state.closing:
-            deadlines.extend(
-                lane.jobs[0].t_submit + lane.max_delay
-                for active in self._active.values()
-                for lane in active.values()
-                if lane.max_delay
-            )
+            deadlines.extend(self._table.linger_deadlines())
         return min(deadlines) if deadlines else None
 
     # -- lifecycle ---------------------------------------------------------------
@@ -635,10 +426,7 @@ class Batcher:
         return removed
 
     def _drain_locked(self, *, started: bool) -> list[Job]:
-        removed = [job for lane in self._lanes.values() for job in lane.jobs]
-        self._lanes.clear()
-        for active in self._active.values():
-            active.clear()
+        removed = self._table.clear()
         if started:
             removed.extend(job for _, _, job in self._delayed)
             self._delayed.clear()
@@ -646,8 +434,8 @@ class Batcher:
             keep = [job for job in removed if job.started]
             removed = [job for job in removed if not job.started]
             for job in keep:
-                self._lane_locked(lane_key(job), job).jobs.append(job)
-        self._pending = len(self._delayed) + sum(len(lane.jobs) for lane in self._lanes.values())
+                self._table.lane(lane_key(job), job).jobs.append(job)
+        self._pending = len(self._delayed) + self._table.queued()
         return removed
 
     def wake_all(self) -> None:

@@ -17,6 +17,9 @@ lock, so a limit and the lanes it governs change together.
   refill integrates the rising rate exactly, so the bound above holds with the
   ramp's rate at every instant.
 
+* **Registry**: ``KeyLimits`` holds one pool's limited keys, the lifted ones
+  whose jobs still run, and the slot each running job holds (``holding``).
+
 A limit is lifted with ``UNLIMITED`` (as ``resource.RLIM_INFINITY`` lifts an
 rlimit): ``None`` means "not given" in ``set_policy``, which keeps a key's
 current value.
@@ -28,13 +31,15 @@ import enum
 import math
 import sys
 from collections import deque
-from typing import Final, Literal
+from collections.abc import Hashable
+from typing import Any, Final, Literal
 
 __all__ = [
     "BURST_SECONDS",
     "RAMP_START",
     "UNLIMITED",
     "KeyLimit",
+    "KeyLimits",
     "Limit",
     "TokenBucket",
     "linear",
@@ -277,3 +282,98 @@ class KeyLimit:
     def rate_at(self, now: float) -> float | None:
         """The rate limit in force (rising during a ramp), or None."""
         return None if self.bucket is None else self.bucket.rate_at(now)
+
+
+class KeyLimits:
+    """The limited keys of one pool, and the slot each running job of them holds.
+
+    No lock of its own: the batcher calls it under the lanes' lock.
+
+    Example:
+        >>> keys = KeyLimits()
+        >>> keys.change("api", 0.0, max_concurrency=1, rate_limit=None, ramp=None)
+        >>> keys.hold(keys.limits["api"], [7], 0.0, batched=False, cost=1)
+        >>> keys.rows(0.0, {})["api"][:2], keys.release(7), keys.release(7)
+        ((1, 1), True, False)
+    """
+
+    def __init__(self) -> None:
+        self.limits: dict[Hashable, KeyLimit] = {}
+        self.lifted: dict[Hashable, KeyLimit] = {}  # lifted limits whose jobs were still running
+        #: Job id -> the slot it holds, for jobs cut from a limited lane and not
+        #: done yet. Read without the lock by the ledger: it is non-empty
+        #: whenever a job in it is being settled (the job went in first).
+        self.holding: dict[int, Any] = {}
+
+    def change(
+        self,
+        key: Hashable,
+        now: float,
+        *,
+        max_concurrency: int | Unlimited | None,
+        rate_limit: float | Unlimited | None,
+        ramp: float | None,
+    ) -> None:
+        """Change the concurrency and rate limits of one key (``Batcher.set_limit``).
+
+        None keeps a limit as it is; ``UNLIMITED`` lifts it. A new
+        ``rate_limit`` or ``ramp`` replaces the key's token bucket (ending a
+        ramp in progress; the tokens saved up are kept, up to the new burst);
+        ``ramp`` alone ramps the current rate again. Jobs running now keep
+        counting against the new concurrency limit.
+
+        Raises:
+            ValueError: ``ramp`` without any rate limit.
+        """
+        # A limit lifted while its jobs ran is found again, so they still count.
+        limit = self.limits.get(key) or self.lifted.pop(key, None) or KeyLimit()
+        rate = limit.bucket.rate if limit.bucket is not None else None
+        if rate_limit is UNLIMITED:
+            rate = None
+        elif rate_limit is not None:
+            rate = float(rate_limit)
+        if rate is None and ramp:
+            raise ValueError("ramp needs a rate_limit (the rate to ramp up to)")  # before any change
+        if max_concurrency is UNLIMITED:
+            limit.max_concurrency = None
+        elif max_concurrency is not None:
+            limit.max_concurrency = max_concurrency
+        if rate is None:
+            limit.bucket = None
+        elif rate_limit is not None or ramp is not None:
+            saved = limit.bucket.available(now) if limit.bucket is not None else None
+            limit.bucket = TokenBucket(rate, now=now, ramp=ramp or 0.0, tokens=saved)
+        if not limit.unlimited:
+            self.limits[key] = limit
+        elif self.limits.pop(key, None) is not None and limit.running:
+            self.lifted[key] = limit  # its running jobs still release into it
+
+    def hold(self, limit: KeyLimit, job_ids: list[int], now: float, *, batched: bool, cost: int) -> None:
+        """Jobs cut from a limited lane start: each holds a slot until ``release``."""
+        holders = limit.started(len(job_ids), now, batched=batched, cost=cost)
+        holding = self.holding
+        for job_id, holder in zip(job_ids, holders, strict=True):
+            holding[job_id] = holder
+
+    def release(self, job_id: int) -> bool:
+        """Free the job's slot, if it holds one; True if it did."""
+        holder = self.holding.pop(job_id, None)
+        if holder is None:
+            return False
+        holder.release()
+        return True
+
+    def rows(
+        self, now: float, waiting: dict[Hashable, int]
+    ) -> dict[Hashable, tuple[int, int | None, float | None, float, int]]:
+        """Per limited key: (running, max_concurrency, rate limit now, starts in the last second, waiting)."""
+        return {
+            key: (
+                limit.running,
+                limit.max_concurrency,
+                limit.rate_at(now),
+                limit.measured_rate(now),
+                waiting.get(key, 0),
+            )
+            for key, limit in self.limits.items()
+        }
