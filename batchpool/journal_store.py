@@ -261,20 +261,13 @@ _COLUMNS = (
     "job_id, state, fn_digest, call, digest, key, priority, timeout, retry_digest, attempts, crashes, session, "
     "created, started, finished, result, result_kept, error_type, error_message, error_traceback, exception"
 )
+_NAMES = _COLUMNS.split(", ")
 _STATE, _ATTEMPTS, _CRASHES, _STARTED, _FINISHED, _RESULT, _KEPT = 1, 9, 10, 13, 14, 15, 16
 _UPSERT_JOB = (
     f"INSERT INTO bp_jobs ({_COLUMNS}) VALUES ({', '.join('?' * 21)}) "
     # The same id again (a redrive, or a resubmit the executor allowed) starts afresh.
     "ON CONFLICT (job_id) DO UPDATE SET " + ", ".join(f"{name} = excluded.{name}" for name in _COLUMNS.split(", ")[1:])
 )
-_UPDATES = {
-    RUNNING: "UPDATE bp_jobs SET state = 'running', started = ? WHERE job_id = ?",
-    DONE: "UPDATE bp_jobs SET state = 'done', result = ?, result_kept = ?, finished = ?, crashes = 0 WHERE job_id = ?",
-    FAILED: "UPDATE bp_jobs SET state = 'failed', error_type = ?, error_message = ?, error_traceback = ?, "
-    "exception = ?, attempts = ?, finished = ?, crashes = 0 WHERE job_id = ?",
-    RETRYING: "UPDATE bp_jobs SET state = 'queued', attempts = ?, crashes = 0, started = NULL WHERE job_id = ?",
-    CANCELLED: "UPDATE bp_jobs SET state = 'cancelled', finished = ? WHERE job_id = ?",
-}
 
 
 def record_job_id(kind: int, payload: Any) -> str | None:
@@ -318,7 +311,9 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[int, Any]], *, kee
     """
     fresh: dict[str, list[Any]] = {}  # jobs inserted by this batch: their full rows
     blobs: dict[bytes, bytes] = {}  # pickled callables and retry policies, by digest
-    others: list[tuple[int, Any]] = []
+    changes: dict[str, _Columns] = {}  # other jobs: the columns their records set, folded in order
+    # The hot loop of the writer thread (three records per job under load):
+    # record_job_id and the common folds are written out inline.
     for kind, payload in records:
         if kind == INSERT:
             blobs[payload[1]] = payload[11]
@@ -329,23 +324,28 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[int, Any]], *, kee
                              session, created, None, None, None, 0, None, None, None, None]  # fmt: skip
         elif kind == CALL:
             payload(conn)
-        elif (row := fresh.get(record_job_id(kind, payload) or "")) is None:
-            others.append((kind, payload))
         else:
-            _fold(row, kind, payload, keep)
-    start = 0
-    while start < len(others):  # runs of one kind go to executemany, in order
-        kind = others[start][0]
-        end = start
-        while end < len(others) and others[end][0] == kind:
-            end += 1
-        rows = [payload for _, payload in others[start:end]]
-        if kind == DONE:
-            rows = [_done_row(*row, keep=keep) for row in rows]
-        elif kind == FAILED:
-            rows = [_failed_row(*row, keep=keep) for row in rows]
-        conn.executemany(_UPDATES[kind], rows)
-        start = end
+            job_id = payload[0] if kind == DONE or kind == FAILED else payload[-1]
+            row: list[Any] | _Columns | None = fresh.get(job_id)
+            if row is None:  # inserted by an earlier commit: its changes become one UPDATE
+                row = changes.get(job_id)
+                if row is None:
+                    row = changes[job_id] = _Columns()
+            if kind == RUNNING:
+                row[_STATE], row[_STARTED] = "running", payload[0]
+            else:
+                _fold(row, kind, payload, keep)
+    # One UPDATE per job, whatever number of records it had (running then
+    # done, most often), grouped by the columns set: one executemany each.
+    groups: dict[tuple[int, ...], list[list[Any]]] = {}
+    for job_id, columns in changes.items():
+        names = tuple(sorted(columns))
+        values = [columns[i] for i in names]
+        values.append(job_id)
+        groups.setdefault(names, []).append(values)
+    for names, rows in groups.items():
+        assignments = ", ".join(f"{_NAMES[i]} = ?" for i in names)
+        conn.executemany(f"UPDATE bp_jobs SET {assignments} WHERE job_id = ?", rows)
     if fresh:
         # The blobs go in with their jobs, in the same transaction, not once
         # per writer: a concurrent prune may have removed an unused one.
@@ -353,7 +353,18 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[int, Any]], *, kee
         conn.executemany(_UPSERT_JOB, fresh.values())
 
 
-def _fold(row: list[Any], kind: int, payload: Any, keep: bool) -> None:
+class _Columns(dict[int, Any]):
+    """The columns an UPDATE sets, by index into ``_COLUMNS``; ``_fold`` writes it as it writes a row."""
+
+    def __setitem__(self, index: int | slice, value: Any) -> None:
+        if isinstance(index, slice):
+            for i, item in zip(range(index.start, index.stop), value, strict=True):
+                super().__setitem__(i, item)
+        else:
+            super().__setitem__(index, value)
+
+
+def _fold(row: list[Any] | _Columns, kind: int, payload: Any, keep: bool) -> None:
     """Apply a record to the row of a job inserted in the same batch (the UPDATEs' effect)."""
     if kind == RUNNING:
         row[_STATE], row[_STARTED] = "running", payload[0]

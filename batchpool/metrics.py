@@ -216,6 +216,12 @@ class Stats:
     """The last few failures, newest last."""
     recent_errors_final: list[bool] = field(default_factory=list)
     """For each of ``recent_errors``: True when no retry followed (the Future failed)."""
+    journal_lag: int | None = None
+    """Journal records not committed yet (None: the pool has no journal)."""
+    journal_lag_seconds: float | None = None
+    """Seconds the oldest uncommitted journal record has waited (None: no journal)."""
+    journal_commits_per_s: float | None = None
+    """Journal transactions committed per second, over the last full second (None: no journal)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data.
