@@ -23,6 +23,7 @@ in WAL mode, so readers never block the writer.
 from __future__ import annotations
 
 import errno
+import itertools
 import logging
 import os
 import sqlite3
@@ -263,11 +264,15 @@ _COLUMNS = (
 )
 _NAMES = _COLUMNS.split(", ")
 _STATE, _ATTEMPTS, _CRASHES, _STARTED, _FINISHED, _RESULT, _KEPT = 1, 9, 10, 13, 14, 15, 16
-_UPSERT_JOB = (
-    f"INSERT INTO bp_jobs ({_COLUMNS}) VALUES ({', '.join('?' * 21)}) "
+_ON_CONFLICT = (
     # The same id again (a redrive, or a resubmit the executor allowed) starts afresh.
     "ON CONFLICT (job_id) DO UPDATE SET " + ", ".join(f"{name} = excluded.{name}" for name in _COLUMNS.split(", ")[1:])
 )
+_ROW = f"({', '.join('?' * 21)})"
+_UPSERT_JOB = f"INSERT INTO bp_jobs ({_COLUMNS}) VALUES {_ROW} {_ON_CONFLICT}"
+#: Rows per multi-row INSERT: 47 x 21 columns stays under SQLite's oldest limit of 999 variables.
+_ROWS_PER_INSERT = 47
+_UPSERT_JOBS = f"INSERT INTO bp_jobs ({_COLUMNS}) VALUES {', '.join([_ROW] * _ROWS_PER_INSERT)} {_ON_CONFLICT}"
 
 
 def record_job_id(kind: int, payload: Any) -> str | None:
@@ -296,9 +301,10 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[int, Any]], *, kee
     A job inserted by this batch gets its later records folded into its row,
     so a job accepted and finished between two commits costs one row write,
     not three: under load, that is most jobs. The transaction hides the
-    intermediate states anyway. The other records run first, in order; an
-    insert never has to follow one of them (a record after an insert of the
-    same job is folded into it).
+    intermediate states anyway. The records of jobs inserted by an earlier
+    commit are folded the same way, into one UPDATE per job (of the columns
+    they set), and run first; an insert never has to follow one of them (a
+    record after an insert of the same job is folded into it).
 
     Example:
         >>> import tempfile
@@ -311,7 +317,7 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[int, Any]], *, kee
     """
     fresh: dict[str, list[Any]] = {}  # jobs inserted by this batch: their full rows
     blobs: dict[bytes, bytes] = {}  # pickled callables and retry policies, by digest
-    changes: dict[str, _Columns] = {}  # other jobs: the columns their records set, folded in order
+    changes: dict[str, dict[int, Any]] = {}  # other jobs: column index -> value their records set, in order
     # The hot loop of the writer thread (three records per job under load):
     # record_job_id and the common folds are written out inline.
     for kind, payload in records:
@@ -326,11 +332,11 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[int, Any]], *, kee
             payload(conn)
         else:
             job_id = payload[0] if kind == DONE or kind == FAILED else payload[-1]
-            row: list[Any] | _Columns | None = fresh.get(job_id)
+            row: list[Any] | dict[int, Any] | None = fresh.get(job_id)
             if row is None:  # inserted by an earlier commit: its changes become one UPDATE
                 row = changes.get(job_id)
                 if row is None:
-                    row = changes[job_id] = _Columns()
+                    row = changes[job_id] = {}
             if kind == RUNNING:
                 row[_STATE], row[_STARTED] = "running", payload[0]
             else:
@@ -350,22 +356,17 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[int, Any]], *, kee
         # The blobs go in with their jobs, in the same transaction, not once
         # per writer: a concurrent prune may have removed an unused one.
         conn.executemany("INSERT OR IGNORE INTO bp_blobs VALUES (?, ?)", blobs.items())
-        conn.executemany(_UPSERT_JOB, fresh.values())
+        rows = list(fresh.values())
+        whole = len(rows) - len(rows) % _ROWS_PER_INSERT
+        # Many rows per statement: one step (and one GIL round trip) per
+        # _ROWS_PER_INSERT jobs instead of one per job (measured: ~12% less CPU).
+        for start in range(0, whole, _ROWS_PER_INSERT):
+            conn.execute(_UPSERT_JOBS, list(itertools.chain.from_iterable(rows[start : start + _ROWS_PER_INSERT])))
+        conn.executemany(_UPSERT_JOB, rows[whole:])
 
 
-class _Columns(dict[int, Any]):
-    """The columns an UPDATE sets, by index into ``_COLUMNS``; ``_fold`` writes it as it writes a row."""
-
-    def __setitem__(self, index: int | slice, value: Any) -> None:
-        if isinstance(index, slice):
-            for i, item in zip(range(index.start, index.stop), value, strict=True):
-                super().__setitem__(i, item)
-        else:
-            super().__setitem__(index, value)
-
-
-def _fold(row: list[Any] | _Columns, kind: int, payload: Any, keep: bool) -> None:
-    """Apply a record to the row of a job inserted in the same batch (the UPDATEs' effect)."""
+def _fold(row: list[Any] | dict[int, Any], kind: int, payload: Any, keep: bool) -> None:
+    """Apply a record to a job's full row (inserted in this batch) or to its pending UPDATE's columns."""
     if kind == RUNNING:
         row[_STATE], row[_STARTED] = "running", payload[0]
     elif kind == DONE:
@@ -373,7 +374,8 @@ def _fold(row: list[Any] | _Columns, kind: int, payload: Any, keep: bool) -> Non
         row[_STATE], row[_RESULT], row[_KEPT], row[_FINISHED], row[_CRASHES] = "done", data, kept, finished, 0
     elif kind == FAILED:
         fields = _failed_row(*payload, keep=keep)
-        row[_STATE], row[17:21], row[_ATTEMPTS], row[_FINISHED], row[_CRASHES] = "failed", fields[:4], *fields[4:6], 0
+        row[17], row[18], row[19], row[20] = fields[:4]  # error type, message, traceback, exception
+        row[_STATE], row[_ATTEMPTS], row[_FINISHED], row[_CRASHES] = "failed", *fields[4:6], 0
     elif kind == RETRYING:
         row[_STATE], row[_ATTEMPTS], row[_CRASHES], row[_STARTED] = "queued", payload[0], 0, None
     elif kind == CANCELLED:
