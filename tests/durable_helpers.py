@@ -88,3 +88,12 @@ def block(started: str, gate: str) -> bool:
     """Set the event ``started``, then wait for the event ``gate`` (thread backend)."""
     EVENTS[started].set()
     return EVENTS[gate].wait(WAIT)
+
+
+def exit_without_shutdown_main(journal: str, jobs: int) -> None:
+    """Submit journaled jobs and leave: interpreter exit drains the pool, then commits the journal."""
+    from batchpool import BatchPoolExecutor
+
+    ex = BatchPoolExecutor(2, journal=journal)
+    for i in range(jobs):
+        ex.options(job_id=f"job-{i}").submit(time.sleep, 0.001)

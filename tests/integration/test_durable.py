@@ -138,3 +138,11 @@ def test_process_backend_journals_every_outcome(tmp_path: Path) -> None:
         assert stats.journal_lag == 0 and stats.journal_commits_per_s is not None
     with Journal(journal) as reader:
         assert reader.counts() == {"queued": 0, "running": 0, "done": 200, "failed": 1, "cancelled": 0}
+
+
+def test_interpreter_exit_runs_the_queued_jobs_and_commits(tmp_path: Path, spawn: list[subprocess.Popen[str]]) -> None:
+    journal = str(tmp_path / "jobs.db")
+    child = start(spawn, f"from tests import durable_helpers as d; d.exit_without_shutdown_main({journal!r}, 300)")
+    assert child.wait(WAIT) == 0
+    with Journal(journal) as reader:
+        assert reader.counts()["done"] == 300
