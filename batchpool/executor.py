@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import threading
@@ -36,6 +37,7 @@ from .batching import Batcher
 from .batching.limits import Unlimited
 from .compat import StdlibCompat
 from .control import PoolControl
+from .durable import Durable, check_job_id
 from .errors import QueueFullError, ShutdownError
 from .futures import LightFuture
 from .jobs import BATCHED, BATCHED_BISECT, CALLS, Batch, Job, is_batched
@@ -121,9 +123,19 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
             (batchpool does not close it).
         address: with ``backend="dask"``, the scheduler to connect to, such
             as ``"tcp://scheduler:8786"``.
+        journal: a SQLite file recording every job and its fate, so that
+            ``recover()`` runs again what a crashed pool left unfinished (see
+            ``batchpool.durable``). Every call is pickled at submit.
+        journal_sync: ``"normal"`` (the default: a process crash loses
+            nothing committed) or ``"full"`` (fsync at each commit: a power
+            loss neither).
+        journal_results: keep results and exceptions in the journal (default
+            True); a job id already done is then answered from it.
 
     Raises:
         TypeError, ValueError: an argument is invalid (the message names it).
+        JournalError: the journal cannot be opened (``JournalLockedError``:
+            another live pool owns it).
 
     Example:
         >>> from batchpool import BatchPoolExecutor
@@ -155,6 +167,9 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
         dashboard: bool = False,
         client: Any = None,
         address: str | None = None,
+        journal: str | os.PathLike[str] | None = None,
+        journal_sync: str | None = None,
+        journal_results: bool | None = None,
     ) -> None:
         if max_pending is not None:
             check_int("max_pending", max_pending, 1)
@@ -183,6 +198,7 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
             address=address,
         )
         self._config = config
+        self._durable = Durable.open(journal, journal_sync, journal_results)  # before any worker starts
         self._state = PoolState(config.max_workers)
         self._batcher = Batcher(
             max_batch_size=config.max_batch_size,
@@ -199,11 +215,13 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
         self._signals: SignalDrain | None = None
         # Serialises shutdown() calls against each other (never held by submit).
         self._shutdown_lock = threading.Lock()
+        self._durable.attach(self._ledger, self._backend)
         register_backend(self._backend)
         # Hooks that must also run if the pool is collected unreferenced (the dashboard's stop).
         self._finalizer_hooks: list[Callable[[], None]] = []
         finalizer = weakref.finalize(self, shutdown_unreferenced, self._state, self._backend, self._finalizer_hooks)
         finalizer.atexit = False  # interpreter exit is _python_exit's job
+        self._finalizer_hooks.append(self._durable.close_later)
         if dashboard:
             from .dashboard import Dashboard
 
@@ -236,18 +254,25 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
         kwargs: Any,
         kind: int,
         opts: JobOptions | None = None,
+        job_id: str | None = None,
     ) -> Future[Any]:
         signals = self._signals
         if signals is None:
-            return self._enqueue(fn, args, kwargs, kind, opts)
+            return self._enqueue(fn, args, kwargs, kind, opts, job_id)
         signals.enter()
         try:
-            return self._enqueue(fn, args, kwargs, kind, opts)
+            return self._enqueue(fn, args, kwargs, kind, opts, job_id)
         finally:
             signals.leave()  # a signal that came meanwhile exits here, not in the middle
 
     def _enqueue(
-        self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any, kind: int, opts: JobOptions | None
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: Any,
+        kind: int,
+        opts: JobOptions | None,
+        job_id: str | None = None,
     ) -> Future[Any]:
         if not callable(fn):
             raise TypeError(f"fn must be a callable, got {type(fn).__name__}")
@@ -269,6 +294,10 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
         job = Job(fn, args, kwargs, future, kind, opts)
         if self._breakers and not self._admit(job):
             return future
+        if job_id is not None or self._durable.writer is not None:
+            known = self._durable.admit(job, job_id)  # journaled now, or the id's own Future
+            if known is not None:
+                return known
         if not self._batcher.put(job, block=self._on_full == "block", timeout=self._block_timeout):
             return self._on_queue_full(job)
         self._backend.notify()
@@ -299,6 +328,7 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
                 return job.future
             self._run_here(job)
             return job.future
+        self._durable.refused(job)
         raise QueueFullError(self._max_pending)  # on_full="raise", or a block that timed out
 
     def _run_here(self, job: Job) -> None:
@@ -479,13 +509,16 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
                 logger.exception("batchpool: a shutdown hook failed")
         self._backend.begin_shutdown()
         if not wait:
+            self._durable.close_later()
             return
         if self._backend.join(deadline):
             self._stop_signal_helper()
+            self._durable.close()  # the pool drained: every record is in; commit and release
             return
         assert deadline is not None
         logger.warning("shutdown: %s s passed with work unfinished; stopping the workers", deadline)
         self._abort(ShutdownError(deadline))
+        self._durable.close()
 
     def _abort(self, error: BaseException) -> None:
         """Stop now: what is queued is cancelled, what is running fails with ``error``."""
@@ -526,7 +559,7 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
             live = {run.run_id or f"run-{id(run):x}": run.progress for run in runs.live_runs(self)}
             if live:
                 stats = dataclasses.replace(stats, runs=live)
-        return stats
+        return self._durable.annotate(stats)  # journal lag and commit rate, with a journal
 
     def add_listener(
         self,
@@ -612,6 +645,7 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
         key: Hashable | None = None,
         timeout: float | None = None,
         retry: RetryPolicy | Literal[False] | None = None,
+        job_id: str | None = None,
     ) -> ExecutorView:
         """A light view of this pool whose ``submit``/``map`` apply these options.
 
@@ -628,6 +662,12 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
                 backend abandons the thread and starts another).
             retry: a ``RetryPolicy`` for these jobs, or False for none (None
                 keeps the pool's default).
+            job_id: the view submits one job with this id, idempotently: the
+                same id again returns that job's Future while it is queued or
+                running, and (with a journal) its stored outcome once it is
+                done or failed, without running it again. The same id with
+                another callable or arguments raises ``DuplicateJobError``.
+                Without a journal, ids are remembered for the pool's lifetime.
 
         Example:
             >>> with BatchPoolExecutor(backend="thread") as ex:
@@ -635,7 +675,8 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
             ...     urgent.submit(abs, -2).result(timeout=10)
             2
         """
-        return ExecutorView(self, view_options(self._default_opts, priority, key, timeout, retry))
+        opts = view_options(self._default_opts, priority, key, timeout, retry)
+        return ExecutorView(self, opts, check_job_id(job_id))
 
     def set_policy(
         self,
@@ -694,3 +735,57 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
         from .runs import map_pages
 
         return map_pages(self, fetch_page, process_item, first_cursor, **options)
+
+    # -- durable jobs (batchpool.durable) --------------------------------------------
+
+    def recover(self, *, failed: bool = False) -> dict[str, Future[Any]]:
+        """Run again every job a previous owner of the journal left unfinished.
+
+        Each job comes back with its callable, arguments, options (key,
+        priority, timeout, retry) and attempt count, under its id. Delivery is
+        at least once: a job that was running when its owner died runs again.
+        A job whose callable no longer unpickles, and a poison job (running
+        at three deaths of its pool in a row, or out of attempts), is in the
+        result as a failed Future (``PoisonJobError``), not run. Call it once,
+        right after making the pool; a second call returns ``{}``.
+
+        Args:
+            failed: also run again the jobs that failed (a redrive, with a
+                fresh attempt count).
+
+        Returns:
+            job id -> Future, for every job recovered.
+
+        Raises:
+            ValueError: the pool has no journal.
+
+        Example:
+            >>> import os, tempfile
+            >>> path = os.path.join(tempfile.mkdtemp(), "jobs.db")
+            >>> with BatchPoolExecutor(backend="thread", journal=path) as ex:
+            ...     ex.options(job_id="a").submit(abs, -1).result(timeout=10), ex.recover()
+            (1, {})
+        """
+        return self._durable.recover(self._submit, failed)
+
+    def journal_flush(self, timeout: float | None = None) -> None:
+        """Return once every job accepted so far is committed to the journal.
+
+        ``submit`` never waits for the disk; this is the durability point
+        (a crash after it loses none of those jobs).
+
+        Raises:
+            TimeoutError: not committed within ``timeout`` seconds.
+            ValueError: the pool has no journal.
+            JournalError: some records could not be written (a full disk).
+
+        Example:
+            >>> import os, tempfile
+            >>> path = os.path.join(tempfile.mkdtemp(), "jobs.db")
+            >>> with BatchPoolExecutor(backend="thread", journal=path) as ex:
+            ...     fut = ex.submit(abs, -2)
+            ...     ex.journal_flush(timeout=10)
+            ...     fut.result(timeout=10)
+            2
+        """
+        self._durable.flush(check_timeout("timeout", timeout))

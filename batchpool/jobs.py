@@ -65,7 +65,9 @@ class Job:
     Cheap on purpose (it is made once per ``submit``): slots, no lock of its own.
     """
 
-    __slots__ = ("args", "attempt", "breaker", "fn", "future", "id", "kind", "kwargs", "opts", "started", "t_submit")
+    __slots__ = (
+        "args", "attempt", "breaker", "fn", "future", "id", "job_id", "kind", "kwargs", "opts", "started", "t_submit",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -87,6 +89,7 @@ class Job:
         self.started = False  # its Future is RUNNING (retries skip that step)
         self.breaker: Any = None  # the key's CircuitBreaker, told the final outcome
         self.t_submit = time.monotonic()
+        self.job_id: str | None = None  # its journal / idempotency id (options(job_id=...), or generated)
 
 
 def items_of(job: Job) -> int:
@@ -180,6 +183,8 @@ class JobInfo(NamedTuple):
     """Seconds from submit() to dispatch."""
     batch_run_time: float | None
     """Seconds the whole batch ran in its worker (None until it finished)."""
+    job_id: str | None = None
+    """The job's id: ``options(job_id=...)``'s, or generated in a journaled pool; else None."""
 
 
 def job_info(future: Future[Any]) -> JobInfo | None:
@@ -199,7 +204,8 @@ def job_info(future: Future[Any]) -> JobInfo | None:
     if info is None:
         return None
     record, t_submit = info
-    return JobInfo(record.id, record.size, record.reason, record.t_dispatch - t_submit, record.run_time)
+    job_id = getattr(future, "_batchpool_job_id", None)
+    return JobInfo(record.id, record.size, record.reason, record.t_dispatch - t_submit, record.run_time, job_id)
 
 
 class ChunkResult(NamedTuple):

@@ -49,7 +49,6 @@ from .journal_store import (
     RUNNING,
     StoredJob,
     connect,
-    record_job_id,
     sqlite_error,
     write_batch,
 )
@@ -165,8 +164,11 @@ class JournalWriter:
         self._inflight_since: float | None = None
         self._queued_since: float | None = None
         # Jobs with uncommitted records: id -> (seq of its last record, the
-        # insert row while that is the last record), so lookup sees them.
+        # insert row while that is the last record), so lookup sees them. Two
+        # generations: records still queued, and those the writer is writing;
+        # a commit drops the second whole (no per-record cleanup on the writer).
         self._pending: dict[str, tuple[int, tuple[Any, ...] | None]] = {}
+        self._writing: dict[str, tuple[int, tuple[Any, ...] | None]] = {}
         self._error: tuple[int, JournalError] | None = None  # first unreported (batch's first seq, error)
         self._commits = 0
         self._rate = (time.monotonic(), 0, 0.0)  # bucket start, commits in it, last full bucket's rate
@@ -270,7 +272,7 @@ class JournalWriter:
         with self._lock:
             while len(self._records) >= MAX_QUEUED and not (self._closed or self._dead):
                 self._room.wait()
-            self._append(INSERT, row, job_id)
+            self._append(INSERT, row, None)
             self._pending[job_id] = (self._seq, row)
         return digest
 
@@ -384,6 +386,7 @@ class JournalWriter:
                     # Take everything: the records that queued during the last
                     # commit share the next one (group commit).
                     records, self._records = self._records, []
+                    self._writing, self._pending = self._pending, {}
                     upto = self._seq
                     self._inflight_since, self._queued_since = self._queued_since, None
                     self._room.notify_all()
@@ -393,11 +396,7 @@ class JournalWriter:
                     self._inflight_since = None
                     if error is not None and self._error is None:
                         self._error = (upto - len(records) + 1, error)
-                    for kind, payload in records:
-                        job_id = record_job_id(kind, payload)
-                        entry = self._pending.get(job_id) if job_id is not None else None
-                        if entry is not None and entry[0] <= upto:
-                            del self._pending[job_id]  # type: ignore[arg-type]
+                    self._writing = {}  # every record in it is committed (or lost to the error)
                     self._committed_cond.notify_all()
         finally:
             with self._lock:
@@ -470,7 +469,7 @@ class JournalWriter:
     def lookup(self, job_id: str) -> StoredJob | None:
         """The job as recorded, including records this writer has not committed yet; None if unknown."""
         with self._lock:
-            entry = self._pending.get(job_id)
+            entry = self._pending.get(job_id) or self._writing.get(job_id)
         if entry is not None:
             seq, row = entry
             if row is not None:  # inserted, not committed, nothing else happened to it yet

@@ -303,20 +303,26 @@ class Ledger:
             self.batcher.put_back(jobs)
 
     def cancel(self, jobs: Iterable[Job]) -> None:
-        """Cancel queued jobs that were never dispatched (``shutdown(cancel_futures=True)``)."""
+        """Cancel queued jobs that were never dispatched (``shutdown(cancel_futures=True)``, an abort).
+
+        Observers hear ``job_cancelled`` only for jobs the user had cancelled
+        already: a job cut off by shutdown did not meet its fate (a journal
+        keeps it queued, for ``recover()``).
+        """
         cancelled = 0
         for job in jobs:
+            by_user = job.future.cancelled()
             if job.future.cancel():
                 cancelled += 1
-                self._dropped(job)
+                self._dropped(job, tell=by_user)
         self.metrics.jobs_cancelled(cancelled)
 
-    def _dropped(self, job: Job) -> None:
+    def _dropped(self, job: Job, tell: bool = True) -> None:
         if self.batcher.holding:
             self.batcher.job_done(job)
         if job.breaker is not None:
             job.breaker.release()
-        if self.observers:
+        if tell and self.observers:
             self._tell("job_cancelled", job)
 
     def abort(self, error: BaseException) -> None:

@@ -240,6 +240,12 @@ class Stats:
     """``pause()`` is in force: no batch is handed out."""
     key_limits: dict[str, KeyLimitStats] = field(default_factory=dict)
     """Per key with a concurrency or rate limit (``set_policy``), by readable name."""
+    journal_lag: int | None = None
+    """Journal records not committed yet (None: the pool has no journal)."""
+    journal_lag_seconds: float | None = None
+    """Seconds the oldest uncommitted journal record has waited (None: no journal)."""
+    journal_commits_per_s: float | None = None
+    """Journal transactions committed per second, over the last full second (None: no journal)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able data.

@@ -61,13 +61,18 @@ def view_options(
 class ExecutorView:
     """A pool seen through fixed job options (made by ``BatchPoolExecutor.options``)."""
 
-    def __init__(self, executor: BatchPoolExecutor, opts: JobOptions) -> None:
+    def __init__(self, executor: BatchPoolExecutor, opts: JobOptions, job_id: str | None = None) -> None:
         self._executor = executor
         self.opts = opts
+        self.job_id = job_id  # every submit through this view is the one job with this id
 
     def submit(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
-        """``BatchPoolExecutor.submit`` with this view's options."""
-        return self._executor._submit(fn, args, kwargs, CALLS, self.opts)
+        """``BatchPoolExecutor.submit`` with this view's options (and job id: the same job each time)."""
+        return self._executor._submit(fn, args, kwargs, CALLS, self.opts, self.job_id)
+
+    def _one_job(self, what: str) -> None:
+        if self.job_id is not None:
+            raise ValueError(f"{what} makes many jobs; a view with job_id={self.job_id!r} submits one: use submit")
 
     def map(
         self,
@@ -78,7 +83,8 @@ class ExecutorView:
         buffersize: int | None = None,
         progress: bool = False,
     ) -> Iterator[R]:
-        """``BatchPoolExecutor.map`` with this view's options."""
+        """``BatchPoolExecutor.map`` with this view's options (not on a view with a ``job_id``)."""
+        self._one_job("map")
         return self._executor._map(fn, iterables, timeout, chunksize, buffersize, progress, self.opts)
 
     def map_pages(
@@ -88,7 +94,8 @@ class ExecutorView:
         first_cursor: Any = None,
         **options: Any,
     ) -> Run:
-        """``BatchPoolExecutor.map_pages`` with this view's options on the items."""
+        """``BatchPoolExecutor.map_pages`` with this view's options on the items (not with a ``job_id``)."""
+        self._one_job("map_pages")
         from .runs import map_pages
 
         return map_pages(self, fetch_page, process_item, first_cursor, **options)
