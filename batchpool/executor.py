@@ -718,6 +718,11 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
         """
         self._apply_policy(key, max_batch_size, max_delay, circuit_breaker, max_concurrency, rate_limit, ramp)
 
+    @property
+    def _journal(self) -> Any:
+        """The pool's ``JournalWriter`` or None: ``map_pages`` keeps its runs in the same file."""
+        return self._durable.writer
+
     def map_pages(
         self,
         fetch_page: Callable[[Any], Any],
