@@ -22,16 +22,16 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import signal
 import sys
 import threading
 import weakref
-from collections.abc import Callable, Hashable, Iterable, Iterator
+from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from typing_extensions import ParamSpec
 
+from .arrays import SharedArraysMixin
 from .backends import load_backend
 from .batching import Batcher
 from .batching.limits import Unlimited
@@ -42,8 +42,8 @@ from .errors import QueueFullError, ShutdownError
 from .futures import LightFuture
 from .jobs import BATCHED, BATCHED_BISECT, CALLS, Batch, Job, is_batched
 from .ledger import Ledger
-from .lifecycle import WeakStats, register_backend, register_signals, shutdown_unreferenced
-from .mapping import map_jobs
+from .lifecycle import WeakStats, register_backend, shutdown_unreferenced
+from .mapping import MapMixin
 from .metrics import Listener, Metrics, Stats
 from .options import (
     DEFAULT_MAX_BATCH_SIZE,
@@ -55,12 +55,12 @@ from .options import (
 )
 from .retry import CircuitBreaker, RetryPolicy
 from .runner import identity, run_batch
-from .signals import SignalDrain
+from .signals import SignalDrain, SignalsMixin
 from .state import Phase, PoolState
 from .views import ExecutorView, view_options
 
 if TYPE_CHECKING:
-    from .runs import Run
+    pass
 
 __all__ = ["BatchPoolExecutor", "ExecutorView"]
 
@@ -70,7 +70,7 @@ R = TypeVar("R")
 _ON_FULL = ("block", "raise", "caller_runs")
 logger = logging.getLogger("batchpool")
 
-class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
+class BatchPoolExecutor(PoolControl, MapMixin, SharedArraysMixin, SignalsMixin, StdlibCompat, Executor):
     """An Executor that carries calls to its workers in batches.
 
     A drop-in for ``ProcessPoolExecutor`` (the default, ``backend="process"``)
@@ -352,118 +352,6 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
         if job.attempt != attempt:
             self._backend.notify()  # a retry is queued: make sure a worker looks
 
-    def map(
-        self,
-        fn: Callable[..., R],
-        *iterables: Iterable[Any],
-        timeout: float | None = None,
-        chunksize: int = 1,
-        buffersize: int | None = None,
-        progress: bool = False,
-    ) -> Iterator[R]:
-        """Like ``map(fn, *iterables)``, run in the pool; results in order.
-
-        Without ``buffersize`` every item is submitted before this returns, as
-        with the standard pools. With it, at most ``buffersize`` submitted jobs
-        (items, or chunks of ``chunksize`` items) wait to be consumed, so an
-        endless iterable works in constant memory. When ``chunksize`` is left
-        at 1 and the input is long, items travel in chunks anyway (results and
-        exceptions are still per item): chunks are invisible but much cheaper.
-        With ``progress``, a rich progress bar advances as results are consumed
-        (with a total when the input has a length).
-
-        Raises:
-            TimeoutError: from the iterator, when the results are not all in
-                ``timeout`` seconds after the call.
-            Exception: from the iterator, what ``fn`` raised for an item.
-        """
-        return self._map(fn, iterables, timeout, chunksize, buffersize, progress, None)
-
-    def _map(
-        self,
-        fn: Callable[..., Any],
-        iterables: tuple[Iterable[Any], ...],
-        timeout: float | None,
-        chunksize: int,
-        buffersize: int | None,
-        progress: bool,
-        opts: JobOptions | None,
-    ) -> Iterator[Any]:
-        if not callable(fn):
-            raise TypeError(f"fn must be a callable, got {type(fn).__name__}")
-        if isinstance(chunksize, bool) or not isinstance(chunksize, int):
-            raise TypeError(f"chunksize must be an int, got {type(chunksize).__name__}")
-        if chunksize < 1:
-            raise ValueError("chunksize must be >= 1.")
-        if buffersize is not None:
-            if isinstance(buffersize, bool) or not isinstance(buffersize, int):
-                raise TypeError(f"buffersize must be an int or None, got {type(buffersize).__name__}")
-            if buffersize < 1:
-                raise ValueError("buffersize must be None or > 0")
-        if progress:
-            from .dashboard import track
-
-            lengths = [len(it) for it in iterables if hasattr(it, "__len__")]  # type: ignore[arg-type]
-            total = min(lengths) if len(lengths) == len(iterables) and lengths else None
-            inner = self._map(fn, iterables, timeout, chunksize, buffersize, False, opts)
-            return track(inner, total, getattr(fn, "__name__", "jobs"))
-        effective = self._default_opts if opts is None else opts
-        return map_jobs(
-            self,
-            fn,
-            iterables,
-            timeout=timeout,
-            chunksize=chunksize,
-            buffersize=buffersize,
-            workers=self._state.target_workers,
-            max_pending=self._max_pending,
-            opts=opts,
-            # Retries work item by item inside chunks, and worker processes stop
-            # an item past its time limit themselves; a thread cannot be
-            # stopped, so there an item with a time limit travels alone.
-            per_item=effective.timeout is not None and self._config.backend == "thread",
-        )
-
-    def empty(self, shape: Any, dtype: Any = float, order: str = "C") -> Any:
-        """A numpy array in the pool's shared memory (uninitialised), for jobs to read and write without a copy.
-
-        Passing it, or a view or slice of it, to a job sends a handle, not the
-        data, also to workers started later; what a worker writes, the parent
-        sees (the explicit way to share writes). Results of computations on it
-        are ordinary arrays. It stays valid after ``shutdown()`` (from then on
-        it travels by value). With the thread backend, a plain array. Details:
-        ``batchpool.shared``.
-
-        Raises:
-            ImportError: numpy is not installed (``pip install batchpool[numpy]``).
-            TypeError, ValueError: a bad ``shape``, ``dtype`` or ``order``.
-            RuntimeError: the pool is shut down.
-
-        Example:
-            >>> import numpy as np
-            >>> from concurrent.futures import wait
-            >>> with BatchPoolExecutor(max_workers=2) as ex:
-            ...     out = ex.empty(4)
-            ...     _ = wait([ex.submit(np.copyto, out[i:i + 1], i) for i in range(4)], timeout=30)
-            >>> out  # filled by the workers
-            SharedArray([0., 1., 2., 3.])
-        """
-        from .shared import empty
-
-        return empty(self._backend, shape, dtype, order)
-
-    def zeros(self, shape: Any, dtype: Any = float, order: str = "C") -> Any:
-        """Like ``empty``, filled with zeros.
-
-        Example:
-            >>> with BatchPoolExecutor(backend="thread") as ex:
-            ...     ex.zeros((2, 2), dtype="int32").tolist()
-            [[0, 0], [0, 0]]
-        """
-        from .shared import zeros
-
-        return zeros(self._backend, shape, dtype, order)
-
     # -- lifecycle ------------------------------------------------------------------
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None) -> None:
@@ -588,56 +476,6 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
         with self._shutdown_lock:
             self._on_shutdown.append(hook)
 
-    def install_signal_handlers(
-        self,
-        timeout: float | None = None,
-        signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
-        exit_code: int | None = 0,
-    ) -> Callable[[], None]:
-        """Turn SIGTERM/SIGINT into a graceful drain of this pool.
-
-        On the first signal the pool refuses new jobs at once (``submit``
-        raises ``RuntimeError``), a helper thread drains it
-        (``shutdown(wait=True, timeout=timeout)``), and, unless ``exit_code``
-        is None, the main thread raises ``SystemExit(exit_code)``: at once if
-        it is outside batchpool's code, else as it leaves the batchpool call it
-        is in. Interpreter exit waits for the drain, so ``finally`` blocks and
-        atexit hooks run. A second signal stops at once: workers are killed and
-        unfinished jobs fail with ``ShutdownError``. The handler itself never
-        waits on a lock. Call from the main thread. Returns a function that
-        restores the previous handlers.
-
-        Example:
-            >>> ex = BatchPoolExecutor(backend="thread")
-            >>> restore = ex.install_signal_handlers(timeout=10)
-            >>> restore(); ex.shutdown()
-        """
-        check_timeout("timeout", timeout)
-        if self._signals is not None:
-            self._signals.restore()
-        ref = weakref.ref(self)
-
-        def drain() -> None:
-            executor = ref()
-            if executor is not None:
-                executor.shutdown(wait=True, timeout=timeout)
-
-        def abort() -> None:
-            executor = ref()
-            if executor is not None:
-                executor._abort(ShutdownError(0.0))
-
-        handlers = SignalDrain(self._state, drain, abort, signals, exit_code, timeout)
-        self._signals = handlers
-        register_signals(handlers)
-
-        def restore() -> None:
-            if self._signals is handlers:
-                self._signals = None
-            handlers.restore()
-
-        return restore
-
     def options(
         self,
         *,
@@ -722,26 +560,6 @@ class BatchPoolExecutor(PoolControl, StdlibCompat, Executor):
     def _journal(self) -> Any:
         """The pool's ``JournalWriter`` or None: ``map_pages`` keeps its runs in the same file."""
         return self._durable.writer
-
-    def map_pages(
-        self,
-        fetch_page: Callable[[Any], Any],
-        process_item: Callable[[Any], Any],
-        first_cursor: Any = None,
-        **options: Any,
-    ) -> Run:
-        """Pipelined pagination through this pool: see ``batchpool.runs.map_pages`` for ``options``.
-
-        Example:
-            >>> with BatchPoolExecutor(backend="thread") as ex:
-            ...     sorted(ex.map_pages(lambda c: ([c, c + 1], c + 2 if c < 2 else None), abs, 0))
-            [0, 1, 2, 3]
-        """
-        from .runs import map_pages
-
-        return map_pages(self, fetch_page, process_item, first_cursor, **options)
-
-    # -- durable jobs (batchpool.durable) --------------------------------------------
 
     def recover(self, *, failed: bool = False) -> dict[str, Future[Any]]:
         """Run again every job a previous owner of the journal left unfinished.

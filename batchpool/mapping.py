@@ -14,12 +14,19 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from .jobs import CALLS, CHUNKS, CHUNKS1, ChunkResult
 from .options import JobOptions
 
-__all__ = ["map_jobs"]
+if TYPE_CHECKING:
+    from .options import PoolConfig
+    from .runs import Run
+    from .state import PoolState
+
+R = TypeVar("R")
+
+__all__ = ["MapMixin", "map_jobs"]
 
 #: Chunks ``map`` cuts a long input into, per worker, when no chunksize is given.
 _MAP_CHUNKS_PER_WORKER = 16
@@ -151,3 +158,110 @@ def _map_results(
     finally:
         for future in fs:
             future.cancel()
+
+
+class MapMixin:
+    """``map`` and ``map_pages`` of the executor (mixed into ``BatchPoolExecutor``)."""
+
+    if TYPE_CHECKING:
+        _default_opts: JobOptions
+        _state: PoolState
+        _max_pending: int | None
+        _config: PoolConfig
+
+        def _submit(
+            self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any, kind: int, opts: JobOptions | None = None
+        ) -> Future[Any]: ...
+
+    def map(
+        self,
+        fn: Callable[..., R],
+        *iterables: Iterable[Any],
+        timeout: float | None = None,
+        chunksize: int = 1,
+        buffersize: int | None = None,
+        progress: bool = False,
+    ) -> Iterator[R]:
+        """Like ``map(fn, *iterables)``, run in the pool; results in order.
+
+        Without ``buffersize`` every item is submitted before this returns, as
+        with the standard pools. With it, at most ``buffersize`` submitted jobs
+        (items, or chunks of ``chunksize`` items) wait to be consumed, so an
+        endless iterable works in constant memory. When ``chunksize`` is left
+        at 1 and the input is long, items travel in chunks anyway (results and
+        exceptions are still per item): chunks are invisible but much cheaper.
+        With ``progress``, a rich progress bar advances as results are consumed
+        (with a total when the input has a length).
+
+        Raises:
+            TimeoutError: from the iterator, when the results are not all in
+                ``timeout`` seconds after the call.
+            Exception: from the iterator, what ``fn`` raised for an item.
+        """
+        return self._map(fn, iterables, timeout, chunksize, buffersize, progress, None)
+
+    def _map(
+        self,
+        fn: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        timeout: float | None,
+        chunksize: int,
+        buffersize: int | None,
+        progress: bool,
+        opts: JobOptions | None,
+    ) -> Iterator[Any]:
+        if not callable(fn):
+            raise TypeError(f"fn must be a callable, got {type(fn).__name__}")
+        if isinstance(chunksize, bool) or not isinstance(chunksize, int):
+            raise TypeError(f"chunksize must be an int, got {type(chunksize).__name__}")
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if buffersize is not None:
+            if isinstance(buffersize, bool) or not isinstance(buffersize, int):
+                raise TypeError(f"buffersize must be an int or None, got {type(buffersize).__name__}")
+            if buffersize < 1:
+                raise ValueError("buffersize must be None or > 0")
+        if progress:
+            from .dashboard import track
+
+            lengths = [len(it) for it in iterables if hasattr(it, "__len__")]  # type: ignore[arg-type]
+            total = min(lengths) if len(lengths) == len(iterables) and lengths else None
+            inner = self._map(fn, iterables, timeout, chunksize, buffersize, False, opts)
+            return track(inner, total, getattr(fn, "__name__", "jobs"))
+        effective = self._default_opts if opts is None else opts
+        return map_jobs(
+            self,
+            fn,
+            iterables,
+            timeout=timeout,
+            chunksize=chunksize,
+            buffersize=buffersize,
+            workers=self._state.target_workers,
+            max_pending=self._max_pending,
+            opts=opts,
+            # Retries work item by item inside chunks, and worker processes stop
+            # an item past its time limit themselves; a thread cannot be
+            # stopped, so there an item with a time limit travels alone.
+            per_item=effective.timeout is not None and self._config.backend == "thread",
+        )
+
+    def map_pages(
+        self,
+        fetch_page: Callable[[Any], Any],
+        process_item: Callable[[Any], Any],
+        first_cursor: Any = None,
+        **options: Any,
+    ) -> Run:
+        """Pipelined pagination through this pool: see ``batchpool.runs.map_pages`` for ``options``.
+
+        Example:
+            >>> from batchpool import BatchPoolExecutor
+            >>> with BatchPoolExecutor(backend="thread") as ex:
+            ...     sorted(ex.map_pages(lambda c: ([c, c + 1], c + 2 if c < 2 else None), abs, 0))
+            [0, 1, 2, 3]
+        """
+        from .runs import map_pages
+
+        return map_pages(self, fetch_page, process_item, first_cursor, **options)
+
+    # -- durable jobs (batchpool.durable) --------------------------------------------

@@ -28,9 +28,12 @@ import logging
 import os
 import signal
 import threading
+import weakref
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .errors import ShutdownError
+from .options import check_timeout
 from .state import PoolState
 
 __all__ = ["SignalDrain"]
@@ -146,3 +149,70 @@ class SignalDrain:
         if self._r >= 0:
             os.close(self._r)
             self._r = -1
+
+
+class SignalsMixin:
+    """``install_signal_handlers`` of the executor (mixed into ``BatchPoolExecutor``)."""
+
+    if TYPE_CHECKING:
+        _state: PoolState
+        _signals: SignalDrain | None
+
+        def shutdown(
+            self, wait: bool = True, *, cancel_futures: bool = False, timeout: float | None = None
+        ) -> None: ...
+
+        def _abort(self, error: BaseException) -> None: ...
+
+    def install_signal_handlers(
+        self,
+        timeout: float | None = None,
+        signals: Iterable[int] = (signal.SIGTERM, signal.SIGINT),
+        exit_code: int | None = 0,
+    ) -> Callable[[], None]:
+        """Turn SIGTERM/SIGINT into a graceful drain of this pool.
+
+        On the first signal the pool refuses new jobs at once (``submit``
+        raises ``RuntimeError``), a helper thread drains it
+        (``shutdown(wait=True, timeout=timeout)``), and, unless ``exit_code``
+        is None, the main thread raises ``SystemExit(exit_code)``: at once if
+        it is outside batchpool's code, else as it leaves the batchpool call it
+        is in. Interpreter exit waits for the drain, so ``finally`` blocks and
+        atexit hooks run. A second signal stops at once: workers are killed and
+        unfinished jobs fail with ``ShutdownError``. The handler itself never
+        waits on a lock. Call from the main thread. Returns a function that
+        restores the previous handlers.
+
+        Example:
+            >>> from batchpool import BatchPoolExecutor
+            >>> ex = BatchPoolExecutor(backend="thread")
+            >>> restore = ex.install_signal_handlers(timeout=10)
+            >>> restore(); ex.shutdown()
+        """
+        check_timeout("timeout", timeout)
+        if self._signals is not None:
+            self._signals.restore()
+        ref = weakref.ref(self)
+
+        def drain() -> None:
+            executor = ref()
+            if executor is not None:
+                executor.shutdown(wait=True, timeout=timeout)
+
+        def abort() -> None:
+            executor = ref()
+            if executor is not None:
+                executor._abort(ShutdownError(0.0))
+
+        handlers = SignalDrain(self._state, drain, abort, signals, exit_code, timeout)
+        self._signals = handlers
+        from .lifecycle import register_signals  # lifecycle imports this module
+
+        register_signals(handlers)
+
+        def restore() -> None:
+            if self._signals is handlers:
+                self._signals = None
+            handlers.restore()
+
+        return restore

@@ -494,13 +494,11 @@ def test_the_store_shares_its_file_with_other_tables(tmp_path: Path) -> None:
     other.close()
 
 
-def test_the_pools_journal_is_the_default_store(ex: BatchPoolExecutor, tmp_path: Path) -> None:
-    class Journal:
-        path = str(tmp_path / "journal.db")
-
-    ex._journal = Journal()  # type: ignore[attr-defined]  # what the journal engineer will expose
-    assert len(list(ex.map_pages(pages_of(2, 2), double, 0, run_id="j"))) == 4
-    with RunStore(Journal.path) as store:
+def test_the_pools_journal_is_the_default_store(tmp_path: Path) -> None:
+    path = str(tmp_path / "journal.db")
+    with BatchPoolExecutor(max_workers=2, backend="thread", journal=path) as pool:
+        assert len(list(pool.map_pages(pages_of(2, 2), double, 0, run_id="j"))) == 4
+    with RunStore(path) as store:
         assert store.pages_done("j") == [0, 1]
 
 
