@@ -123,6 +123,47 @@ class PoolControl:
     _ramp: _Ramp | None = None
     _ramp_hooked = False
 
+    def set_policy(
+        self,
+        key: Hashable,
+        *,
+        max_batch_size: int | None = None,
+        max_delay: float | None = None,
+        circuit_breaker: CircuitBreaker | None = None,
+        max_concurrency: int | Unlimited | None = None,
+        rate_limit: float | Unlimited | None = None,
+        ramp: float | None = None,
+    ) -> None:
+        """Batching, concurrency and rate limits, and a circuit breaker, for one key; at any time.
+
+        ``key`` is what ``options(key=...)`` names, or a callable (the default
+        key of its jobs). Only the arguments given change: one left out (None)
+        keeps the key's current value (at first, the pool's defaults: no
+        concurrency or rate limit). ``batchpool.UNLIMITED`` lifts a limit, as
+        ``resource.RLIM_INFINITY`` does an rlimit.
+
+        Args:
+            max_batch_size: most jobs in one batch of this key.
+            max_delay: seconds a partial batch of this key may wait for more.
+            circuit_breaker: a ``CircuitBreaker`` for this key's jobs.
+            max_concurrency: most jobs of this key running at once across
+                workers (``@batched`` functions: calls).
+            rate_limit: most job starts per second (``@batched``: items),
+                smoothed, with a burst of a tenth of a second's worth.
+            ramp: seconds over which the rate rises linearly from a tenth of
+                ``rate_limit`` to all of it (a new ``rate_limit`` or ``ramp``
+                ends a ramp in progress).
+
+        Example:
+            >>> from batchpool import BatchPoolExecutor
+            >>> with BatchPoolExecutor(backend="thread") as ex:
+            ...     ex.set_policy("emails", max_batch_size=100, max_delay=0.05)
+            ...     ex.set_policy("emails", max_concurrency=2, rate_limit=50)  # batching kept
+            ...     ex.options(key="emails").submit(len, "hi").result(timeout=10)
+            2
+        """
+        self._apply_policy(key, max_batch_size, max_delay, circuit_breaker, max_concurrency, rate_limit, ramp)
+
     @property
     def max_workers(self) -> int:
         """The number of workers the pool aims at (what ``resize`` sets).

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import DuplicateJobError, JournalError, RemoteError, ResultNotKeptError, ShutdownError
 from .jobs import CALLS, CHUNK_KINDS, Job
-from .options import JobOptions, Priority
+from .options import JobOptions, Priority, check_timeout
 from .serialization import dumps, dumps_callable
 
 if TYPE_CHECKING:
@@ -428,3 +428,73 @@ class JournalObserver:
         if job.job_id is not None:
             self._writer.cancelled(job.job_id)
             self._finished(job)
+
+
+class DurableMixin:
+    """``recover`` and ``journal_flush`` of the executor (mixed into ``BatchPoolExecutor``)."""
+
+    if TYPE_CHECKING:
+        _durable: Durable
+
+        def _submit(
+            self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: Any, kind: int, opts: JobOptions | None = None
+        ) -> Future[Any]: ...
+
+    @property
+    def _journal(self) -> Any:
+        """The pool's ``JournalWriter`` or None: ``map_pages`` keeps its runs in the same file."""
+        return self._durable.writer
+
+    def recover(self, *, failed: bool = False) -> dict[str, Future[Any]]:
+        """Run again every job a previous owner of the journal left unfinished.
+
+        Each job comes back with its callable, arguments, options (key,
+        priority, timeout, retry) and attempt count, under its id. Delivery is
+        at least once: a job that was running when its owner died runs again.
+        A job whose callable no longer unpickles, and a poison job (running
+        at three deaths of its pool in a row, or out of attempts), is in the
+        result as a failed Future (``PoisonJobError``), not run. Call it once,
+        right after making the pool; a second call returns ``{}``.
+
+        Args:
+            failed: also run again the jobs that failed (a redrive, with a
+                fresh attempt count).
+
+        Returns:
+            job id -> Future, for every job recovered.
+
+        Raises:
+            ValueError: the pool has no journal.
+
+        Example:
+            >>> import os, tempfile
+            >>> from batchpool import BatchPoolExecutor
+            >>> path = os.path.join(tempfile.mkdtemp(), "jobs.db")
+            >>> with BatchPoolExecutor(backend="thread", journal=path) as ex:
+            ...     ex.options(job_id="a").submit(abs, -1).result(timeout=10), ex.recover()
+            (1, {})
+        """
+        return self._durable.recover(self._submit, failed)
+
+    def journal_flush(self, timeout: float | None = None) -> None:
+        """Return once every job accepted so far is committed to the journal.
+
+        ``submit`` never waits for the disk; this is the durability point
+        (a crash after it loses none of those jobs).
+
+        Raises:
+            TimeoutError: not committed within ``timeout`` seconds.
+            ValueError: the pool has no journal.
+            JournalError: some records could not be written (a full disk).
+
+        Example:
+            >>> import os, tempfile
+            >>> from batchpool import BatchPoolExecutor
+            >>> path = os.path.join(tempfile.mkdtemp(), "jobs.db")
+            >>> with BatchPoolExecutor(backend="thread", journal=path) as ex:
+            ...     fut = ex.submit(abs, -2)
+            ...     ex.journal_flush(timeout=10)
+            ...     fut.result(timeout=10)
+            2
+        """
+        self._durable.flush(check_timeout("timeout", timeout))

@@ -27,17 +27,16 @@ import threading
 import weakref
 from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Executor, Future
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from typing_extensions import ParamSpec
 
 from .arrays import SharedArraysMixin
 from .backends import load_backend
 from .batching import Batcher
-from .batching.limits import Unlimited
 from .compat import StdlibCompat
 from .control import PoolControl
-from .durable import Durable, check_job_id
+from .durable import Durable, DurableMixin
 from .errors import QueueFullError, ShutdownError
 from .futures import LightFuture
 from .jobs import BATCHED, BATCHED_BISECT, CALLS, Batch, Job, is_batched
@@ -48,7 +47,6 @@ from .metrics import Listener, Metrics, Stats
 from .options import (
     DEFAULT_MAX_BATCH_SIZE,
     JobOptions,
-    Priority,
     check_int,
     check_timeout,
     make_config,
@@ -57,7 +55,7 @@ from .retry import CircuitBreaker, RetryPolicy
 from .runner import identity, run_batch
 from .signals import SignalDrain, SignalsMixin
 from .state import Phase, PoolState
-from .views import ExecutorView, view_options
+from .views import ExecutorView, OptionsMixin
 
 if TYPE_CHECKING:
     pass
@@ -70,7 +68,9 @@ R = TypeVar("R")
 _ON_FULL = ("block", "raise", "caller_runs")
 logger = logging.getLogger("batchpool")
 
-class BatchPoolExecutor(PoolControl, MapMixin, SharedArraysMixin, SignalsMixin, StdlibCompat, Executor):
+class BatchPoolExecutor(
+    PoolControl, OptionsMixin, MapMixin, DurableMixin, SharedArraysMixin, SignalsMixin, StdlibCompat, Executor
+):
     """An Executor that carries calls to its workers in batches.
 
     A drop-in for ``ProcessPoolExecutor`` (the default, ``backend="process"``)
@@ -475,140 +475,3 @@ class BatchPoolExecutor(PoolControl, MapMixin, SharedArraysMixin, SignalsMixin, 
     def _add_shutdown_hook(self, hook: Callable[[], None]) -> None:
         with self._shutdown_lock:
             self._on_shutdown.append(hook)
-
-    def options(
-        self,
-        *,
-        priority: Priority | int | None = None,
-        key: Hashable | None = None,
-        timeout: float | None = None,
-        retry: RetryPolicy | Literal[False] | None = None,
-        job_id: str | None = None,
-    ) -> ExecutorView:
-        """A light view of this pool whose ``submit``/``map`` apply these options.
-
-        It shares the pool (it is not a new one); options not given keep the
-        pool's defaults.
-
-        Args:
-            priority: ``Priority.REALTIME`` jobs never linger and go before any
-                queued NORMAL or BULK work; BULK goes last (but never starves).
-            key: the lane the jobs share (default: their callable); a key can
-                have its own batching policy (``set_policy``).
-            timeout: seconds each job may run; past that its Future fails with
-                ``TimeoutError`` and its worker process is replaced (the thread
-                backend abandons the thread and starts another).
-            retry: a ``RetryPolicy`` for these jobs, or False for none (None
-                keeps the pool's default).
-            job_id: the view submits one job with this id, idempotently: the
-                same id again returns that job's Future while it is queued or
-                running, and (with a journal) its stored outcome once it is
-                done or failed, without running it again. The same id with
-                another callable or arguments raises ``DuplicateJobError``.
-                Without a journal, ids are remembered for the pool's lifetime.
-
-        Example:
-            >>> with BatchPoolExecutor(backend="thread") as ex:
-            ...     urgent = ex.options(priority=Priority.REALTIME, timeout=5)
-            ...     urgent.submit(abs, -2).result(timeout=10)
-            2
-        """
-        opts = view_options(self._default_opts, priority, key, timeout, retry)
-        return ExecutorView(self, opts, check_job_id(job_id))
-
-    def set_policy(
-        self,
-        key: Hashable,
-        *,
-        max_batch_size: int | None = None,
-        max_delay: float | None = None,
-        circuit_breaker: CircuitBreaker | None = None,
-        max_concurrency: int | Unlimited | None = None,
-        rate_limit: float | Unlimited | None = None,
-        ramp: float | None = None,
-    ) -> None:
-        """Batching, concurrency and rate limits, and a circuit breaker, for one key; at any time.
-
-        ``key`` is what ``options(key=...)`` names, or a callable (the default
-        key of its jobs). Only the arguments given change: one left out (None)
-        keeps the key's current value (at first, the pool's defaults: no
-        concurrency or rate limit). ``batchpool.UNLIMITED`` lifts a limit, as
-        ``resource.RLIM_INFINITY`` does an rlimit.
-
-        Args:
-            max_batch_size: most jobs in one batch of this key.
-            max_delay: seconds a partial batch of this key may wait for more.
-            circuit_breaker: a ``CircuitBreaker`` for this key's jobs.
-            max_concurrency: most jobs of this key running at once across
-                workers (``@batched`` functions: calls).
-            rate_limit: most job starts per second (``@batched``: items),
-                smoothed, with a burst of a tenth of a second's worth.
-            ramp: seconds over which the rate rises linearly from a tenth of
-                ``rate_limit`` to all of it (a new ``rate_limit`` or ``ramp``
-                ends a ramp in progress).
-
-        Example:
-            >>> with BatchPoolExecutor(backend="thread") as ex:
-            ...     ex.set_policy("emails", max_batch_size=100, max_delay=0.05)
-            ...     ex.set_policy("emails", max_concurrency=2, rate_limit=50)  # batching kept
-            ...     ex.options(key="emails").submit(len, "hi").result(timeout=10)
-            2
-        """
-        self._apply_policy(key, max_batch_size, max_delay, circuit_breaker, max_concurrency, rate_limit, ramp)
-
-    @property
-    def _journal(self) -> Any:
-        """The pool's ``JournalWriter`` or None: ``map_pages`` keeps its runs in the same file."""
-        return self._durable.writer
-
-    def recover(self, *, failed: bool = False) -> dict[str, Future[Any]]:
-        """Run again every job a previous owner of the journal left unfinished.
-
-        Each job comes back with its callable, arguments, options (key,
-        priority, timeout, retry) and attempt count, under its id. Delivery is
-        at least once: a job that was running when its owner died runs again.
-        A job whose callable no longer unpickles, and a poison job (running
-        at three deaths of its pool in a row, or out of attempts), is in the
-        result as a failed Future (``PoisonJobError``), not run. Call it once,
-        right after making the pool; a second call returns ``{}``.
-
-        Args:
-            failed: also run again the jobs that failed (a redrive, with a
-                fresh attempt count).
-
-        Returns:
-            job id -> Future, for every job recovered.
-
-        Raises:
-            ValueError: the pool has no journal.
-
-        Example:
-            >>> import os, tempfile
-            >>> path = os.path.join(tempfile.mkdtemp(), "jobs.db")
-            >>> with BatchPoolExecutor(backend="thread", journal=path) as ex:
-            ...     ex.options(job_id="a").submit(abs, -1).result(timeout=10), ex.recover()
-            (1, {})
-        """
-        return self._durable.recover(self._submit, failed)
-
-    def journal_flush(self, timeout: float | None = None) -> None:
-        """Return once every job accepted so far is committed to the journal.
-
-        ``submit`` never waits for the disk; this is the durability point
-        (a crash after it loses none of those jobs).
-
-        Raises:
-            TimeoutError: not committed within ``timeout`` seconds.
-            ValueError: the pool has no journal.
-            JournalError: some records could not be written (a full disk).
-
-        Example:
-            >>> import os, tempfile
-            >>> path = os.path.join(tempfile.mkdtemp(), "jobs.db")
-            >>> with BatchPoolExecutor(backend="thread", journal=path) as ex:
-            ...     fut = ex.submit(abs, -2)
-            ...     ex.journal_flush(timeout=10)
-            ...     fut.result(timeout=10)
-            2
-        """
-        self._durable.flush(check_timeout("timeout", timeout))

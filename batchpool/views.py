@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from typing_extensions import ParamSpec
 
+from .durable import check_job_id
 from .jobs import CALLS
 from .options import JobOptions, Priority, check_timeout
 from .retry import RetryPolicy
@@ -99,3 +100,51 @@ class ExecutorView:
         from .runs import map_pages
 
         return map_pages(self, fetch_page, process_item, first_cursor, **options)
+
+
+class OptionsMixin:
+    """``options`` of the executor (mixed into ``BatchPoolExecutor``)."""
+
+    if TYPE_CHECKING:
+        _default_opts: JobOptions
+
+    def options(
+        self,
+        *,
+        priority: Priority | int | None = None,
+        key: Hashable | None = None,
+        timeout: float | None = None,
+        retry: RetryPolicy | Literal[False] | None = None,
+        job_id: str | None = None,
+    ) -> ExecutorView:
+        """A light view of this pool whose ``submit``/``map`` apply these options.
+
+        It shares the pool (it is not a new one); options not given keep the
+        pool's defaults.
+
+        Args:
+            priority: ``Priority.REALTIME`` jobs never linger and go before any
+                queued NORMAL or BULK work; BULK goes last (but never starves).
+            key: the lane the jobs share (default: their callable); a key can
+                have its own batching policy (``set_policy``).
+            timeout: seconds each job may run; past that its Future fails with
+                ``TimeoutError`` and its worker process is replaced (the thread
+                backend abandons the thread and starts another).
+            retry: a ``RetryPolicy`` for these jobs, or False for none (None
+                keeps the pool's default).
+            job_id: the view submits one job with this id, idempotently: the
+                same id again returns that job's Future while it is queued or
+                running, and (with a journal) its stored outcome once it is
+                done or failed, without running it again. The same id with
+                another callable or arguments raises ``DuplicateJobError``.
+                Without a journal, ids are remembered for the pool's lifetime.
+
+        Example:
+            >>> from batchpool import BatchPoolExecutor, Priority
+            >>> with BatchPoolExecutor(backend="thread") as ex:
+            ...     urgent = ex.options(priority=Priority.REALTIME, timeout=5)
+            ...     urgent.submit(abs, -2).result(timeout=10)
+            2
+        """
+        opts = view_options(self._default_opts, priority, key, timeout, retry)
+        return ExecutorView(self, opts, check_job_id(job_id))  # type: ignore[arg-type]  # mixed into the executor
