@@ -83,7 +83,7 @@ def _store(big: list[memoryview]) -> list[tuple[int, int, int, str]]:
     return [(0, 0, buf.nbytes, name) for buf, name in zip(big, names, strict=True)]
 
 
-_Lent = list[tuple[int, memoryview, Any]]
+_Lent = list[tuple[int, memoryview, Any, int, int]]  # block id, view, wrapper, offset, size
 
 
 def unpack(view: memoryview, lent: _Lent | None = None) -> Any:
@@ -108,7 +108,7 @@ def open_buffers(segments: list[tuple[int, int, int, str]], lent: _Lent | None =
             # object made from it is still alive.
             lent_buffer = serialization.lend(block_view)
             if lent is not None:
-                lent.append((block_id, block_view, lent_buffer))
+                lent.append((block_id, block_view, lent_buffer, offset, size))
             buffers.append(lent_buffer)
         else:
             buffers.append(shm.open_segment(name, size))
@@ -118,13 +118,16 @@ def open_buffers(segments: list[tuple[int, int, int, str]], lent: _Lent | None =
 def _pinned(lent: _Lent) -> list[int]:
     """Blocks an object still holds a view of (the job stored its argument)."""
     pinned: list[int] = []
-    for block_id, view, wrapper in lent:
+    for block_id, view, wrapper, _, _ in lent:
         wrapper.release()
         try:
             view.release()
         except BufferError:
             if block_id not in pinned:
                 pinned.append(block_id)
+    for block_id, _, _, offset, size in lent:
+        if block_id not in pinned:
+            _blocks.restore(block_id, offset, size)  # what a job wrote goes; the block is reused
     _blocks.forget(pinned)  # the live views keep their mappings; never reused
     return pinned
 

@@ -23,6 +23,7 @@ Imports only ``shm_names`` (names, creation, owner-checked opening, removal).
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import itertools
 import mmap
@@ -230,14 +231,50 @@ _MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if sys.platform == 
 _populate_works = _MADV_POPULATE_READ is not None
 
 
-def _populate_read(region: mmap.mmap) -> None:
+def _populate_read(region: mmap.mmap, start: int = 0, length: int = 0) -> None:
     global _populate_works
     if not _populate_works:
         return
     try:
-        region.madvise(_MADV_POPULATE_READ)  # type: ignore[arg-type]
+        region.madvise(_MADV_POPULATE_READ, start, length or len(region) - start)  # type: ignore[arg-type]
     except OSError:
         _populate_works = False  # an older kernel: pages fault in as they are read
+
+
+_PAGE = mmap.PAGESIZE
+# /proc/self/pagemap, top byte of an entry: bit 7 (63) "present", bit 5 (61)
+# "file page or shared". Present and not a file page: a private copy.
+_WRITTEN = bytes(1 if b & 0xA0 == 0x80 else 0 for b in range(256))
+_WRITTEN_MARK = b"\x01"
+
+
+def _open_pagemap() -> int | None:
+    try:
+        return os.open("/proc/self/pagemap", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+
+
+def _private_map(fd: int, length: int, offset: int) -> mmap.mmap:
+    region = mmap.mmap(
+        fd,
+        length,
+        flags=mmap.MAP_PRIVATE,  # no MAP_POPULATE: with PROT_WRITE it would copy every page
+        prot=mmap.PROT_READ | mmap.PROT_WRITE,
+        offset=offset,
+        **_NO_FD,
+    )
+    _populate_read(region)
+    return region
+
+
+def _address(region: mmap.mmap) -> int:
+    """Where a mapping starts in this process's memory."""
+    anchor = ctypes.c_char.from_buffer(region)
+    try:
+        return ctypes.addressof(anchor)
+    finally:
+        del anchor  # let go of the buffer export at once
 
 
 class BlockCache:
@@ -258,6 +295,20 @@ class BlockCache:
         # One descriptor per block seen (its name is unlinked once opened), so
         # that each job can get a private mapping of its own buffers.
         self._fds: dict[int, int] = {}
+        # Private (copy-on-write) mappings of whole blocks, kept from batch to
+        # batch with their pages mapped, and their addresses: the pages a job
+        # wrote are found in /proc/self/pagemap and dropped after its batch.
+        self._private: dict[int, tuple[mmap.mmap, int]] = {}
+        self._pagemap_of = (-1, -1)  # (pid, fd): /proc/self is resolved when opened, so per process
+
+    @property
+    def _pagemap(self) -> int | None:
+        # Opened in the process that reads it: a worker forked from the
+        # forkserver (which imports this module) must not read the server's.
+        if self._pagemap_of[0] != os.getpid():
+            opened = _open_pagemap()
+            self._pagemap_of = (os.getpid(), -1 if opened is None else opened)
+        return None if self._pagemap_of[1] < 0 else self._pagemap_of[1]
 
     def _fd(self, block_id: int, name: str, offset: int, size: int) -> int:
         fd = self._fds.get(block_id)
@@ -288,8 +339,9 @@ class BlockCache:
 
         As a standard pool's argument is: the job may change it in place, and
         the block (which the parent reuses for later batches) never sees it.
-        No copy is made until a page is written; the mapping goes with the
-        last view of it.
+        No copy is made until a page is written. The block's private mapping
+        is kept, its pages mapped, from batch to batch (as fast as a shared
+        one); ``restore`` drops what a job wrote once its batch is over.
 
         Raises:
             OSError: as ``view``.
@@ -297,17 +349,35 @@ class BlockCache:
         fd = self._fd(block_id, name, offset, size)
         if size == 0:
             return memoryview(bytearray())
-        start = offset - offset % mmap.ALLOCATIONGRANULARITY
-        region = mmap.mmap(
-            fd,
-            offset - start + size,
-            flags=mmap.MAP_PRIVATE,  # no MAP_POPULATE: with PROT_WRITE it would copy every page
-            prot=mmap.PROT_READ | mmap.PROT_WRITE,
-            offset=start,
-            **_NO_FD,
-        )
-        _populate_read(region)
-        return memoryview(region)[offset - start :]
+        if self._pagemap is None:
+            # No pagemap to tell what a job wrote: a mapping per buffer, dropped with it.
+            start = offset - offset % mmap.ALLOCATIONGRANULARITY
+            region = _private_map(fd, offset - start + size, start)
+            return memoryview(region)[offset - start :]
+        entry = self._private.get(block_id)
+        if entry is None:
+            region = _private_map(fd, os.fstat(fd).st_size, 0)
+            entry = self._private[block_id] = (region, _address(region))
+        return memoryview(entry[0])[offset : offset + size]
+
+    def restore(self, block_id: int, offset: int, size: int) -> None:
+        """After a batch: pages of these bytes a job wrote go back to the block's own contents."""
+        entry = self._private.get(block_id)
+        if entry is None or self._pagemap is None or size == 0:
+            return
+        region, address = entry
+        first = offset // _PAGE
+        last = (offset + size - 1) // _PAGE
+        try:
+            flags = os.pread(self._pagemap, 8 * (last - first + 1), 8 * (address // _PAGE + first))
+        except OSError:
+            flags = b"\x80" * 8 * (last - first + 1)  # unreadable: assume written, drop them all
+        # The top byte of each 8-byte entry: "present" and not "file page"
+        # means this process's own copy, made when the job wrote the page.
+        if _WRITTEN_MARK in flags[7::8].translate(_WRITTEN):
+            start, length = first * _PAGE, (last - first + 1) * _PAGE
+            region.madvise(mmap.MADV_DONTNEED, start, length)
+            _populate_read(region, start, length)
 
     def forget(self, block_ids: Iterable[int]) -> None:
         """Unmap blocks (views still alive keep their memory mapped)."""
@@ -317,6 +387,12 @@ class BlockCache:
                 try:
                     region.close()
                 except BufferError:  # a view is alive: the mapping goes with it
+                    pass
+            private = self._private.pop(block_id, None)
+            if private is not None:
+                try:
+                    private[0].close()
+                except BufferError:  # a job kept a view: the mapping goes with it
                     pass
             fd = self._fds.pop(block_id, None)
             if fd is not None:
