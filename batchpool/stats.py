@@ -143,6 +143,7 @@ class Stats:
 
         Example:
             >>> import json
+            >>> from batchpool.metrics import Metrics
             >>> sorted(json.loads(json.dumps(Metrics().snapshot().to_dict())))[:3]
             ['batch_size_mean', 'batch_sizes', 'batches']
         """
@@ -157,6 +158,7 @@ class Stats:
         ``batchpool.prometheus``.
 
         Example:
+            >>> from batchpool.metrics import Metrics
             >>> text = Metrics().snapshot().to_prometheus(pool="api")
             >>> 'batchpool_completed_total{pool="api"} 0' in text
             True
