@@ -367,3 +367,27 @@ def test_a_job_that_kills_its_worker_fails_alone() -> None:
                 assert f.result(timeout=120) == x * 2
         assert ex.submit(maybe_exit, 21).result(timeout=60) == 42  # the pool goes on
         assert ex.stats().workers
+
+
+_RUNNING = [0, 0]  # now, most at once
+_RUNNING_LOCK = threading.Lock()
+
+
+def overlap_probe(seconds: float) -> int:
+    with _RUNNING_LOCK:
+        _RUNNING[0] += 1
+        _RUNNING[1] = max(_RUNNING[1], _RUNNING[0])
+    time.sleep(seconds)
+    with _RUNNING_LOCK:
+        _RUNNING[0] -= 1
+    return 1
+
+
+def test_resize_on_dask_bounds_the_batches_in_flight(pool: Any) -> None:
+    ex = pool(max_batch_size=1)  # one job per batch: batches in flight = jobs running at once
+    ex.resize(1)
+    _RUNNING[:] = [0, 0]
+    assert sum(f.result(timeout=30) for f in [ex.submit(overlap_probe, 0.02) for _ in range(12)]) == 12
+    assert _RUNNING[1] == 1, f"{_RUNNING[1]} jobs ran at once on a pool resized to 1"
+    ex.resize(2)  # the cluster's two threads both take batches again
+    assert sum(f.result(timeout=30) for f in [ex.submit(overlap_probe, 0.01) for _ in range(12)]) == 12

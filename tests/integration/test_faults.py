@@ -232,8 +232,8 @@ def test_sigterm_drains_a_service_and_exits_zero(tmp_path: Path) -> None:
             ex = BatchPoolExecutor(max_workers=2)
             ex.install_signal_handlers(timeout=10)
             fs = [ex.submit(helpers.sleep_and_return, 0.2, i) for i in range(10)]
-            print("ready", flush=True)
             try:
+                print("ready", flush=True)  # inside the try: the signal may come at once
                 time.sleep(60)
             finally:
                 # SystemExit came at once; the drain goes on meanwhile on a helper thread.
@@ -278,8 +278,8 @@ _SUBMIT_LOOP = textwrap.dedent(
         ex = BatchPoolExecutor(max_workers=2, backend=sys.argv[1])
         ex.install_signal_handlers(timeout=20)
         futures = []
-        print("ready", flush=True)
         try:
+            print("ready", flush=True)  # inside the try: the signal may come at once
             while True:
                 futures.append(ex.submit(helpers.add_one, len(futures)))
         except RuntimeError:

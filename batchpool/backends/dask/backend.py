@@ -95,6 +95,10 @@ class DaskBackend(DaskOutcomes):
         self._seq = itertools.count()
         self._threads = self._conn.threads()
         self._threads_at = time.monotonic()
+        # The cluster's threads set how many batches are in flight, until the
+        # pool is resized: then at most that many (resize on Dask bounds the
+        # batches in flight, not the cluster).
+        self._initial_target = self.state.target_workers
         # False while every thread of the cluster has a batch: a submit then
         # need not wake the manager (it looks again when a task finishes).
         self._can_dispatch = True
@@ -222,7 +226,8 @@ class DaskBackend(DaskOutcomes):
         if now - self._threads_at > THREADS_REFRESH and len(self._sent) >= self._threads:
             self._threads = self._conn.threads()
             self._threads_at = now
-        return self._threads
+        target = self.state.target_workers
+        return self._threads if target == self._initial_target else max(1, min(self._threads, target))
 
     def _dispatch(self) -> None:
         if self.state.paused:
@@ -233,6 +238,8 @@ class DaskBackend(DaskOutcomes):
             threads = self._cluster_threads()
             busy = len(self._sent)
             limit = threads * (PREFETCH if self._may_prefetch() else 1)
+            if self.state.target_workers != self._initial_target:
+                limit = min(limit, threads)  # resized: at most that many batches in flight
             if busy >= limit:
                 break
             if self._isolate:
