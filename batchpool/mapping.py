@@ -240,9 +240,9 @@ class MapMixin:
             max_pending=self._max_pending,
             opts=opts,
             # Retries work item by item inside chunks, and worker processes stop
-            # an item past its time limit themselves; a thread cannot be
-            # stopped, so there an item with a time limit travels alone.
-            per_item=effective.timeout is not None and self._config.backend == "thread",
+            # an item past its time limit themselves; a thread (or a Dask task)
+            # cannot be stopped, so there an item with a time limit travels alone.
+            per_item=effective.timeout is not None and self._config.backend != "process",
         )
 
     def map_pages(

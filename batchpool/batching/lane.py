@@ -25,7 +25,7 @@ from collections import OrderedDict, deque
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
-from ..jobs import Job
+from ..jobs import CHUNK_KINDS, Job
 from ..options import Priority
 
 __all__ = ["AGE_STEP", "Lane", "LaneTable", "candidates", "lane_key"]
@@ -57,7 +57,10 @@ class Lane:
     ) -> None:
         self.key = key
         self.priority = int(job.opts.priority)
-        self.timed = job.opts.timeout is not None
+        # A call with a time limit goes alone and nothing is prefetched behind
+        # it: stopping it means killing its worker. A map chunk's items are
+        # stopped by the worker itself, so chunks batch and prefetch as usual.
+        self.timed = job.opts.timeout is not None and job.kind not in CHUNK_KINDS
         self.timing_key = timing_key
         self.max_batch_size = max_batch_size
         self.max_delay = 0.0 if self.priority == Priority.REALTIME else max_delay

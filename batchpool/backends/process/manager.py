@@ -341,7 +341,8 @@ class ProcessBackend(Balancing):
                 # The worker stops an item past its limit itself; this kill is
                 # the backstop for one stuck where no signal reaches it.
                 timeout = timeout * sum(items_of(job) for job in batch.jobs) + CHUNK_GRACE
-            worker.timed = batch.id
+            else:
+                worker.timed = batch.id  # nothing may wait behind a call that may be killed
             heapq.heappush(self._deadlines, (time.monotonic() + timeout, batch.id, worker.id))
         if worker.control is not None:
             worker.control.sent()
