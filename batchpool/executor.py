@@ -66,6 +66,7 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 _ON_FULL = ("block", "raise", "caller_runs")
+_PAUSED = Phase.PAUSED  # a module constant: submit compares with it on every call
 logger = logging.getLogger("batchpool")
 
 class BatchPoolExecutor(
@@ -277,7 +278,7 @@ class BatchPoolExecutor(
         if not callable(fn):
             raise TypeError(f"fn must be a callable, got {type(fn).__name__}")
         state = self._state
-        if state.phase > Phase.PAUSED or state.close_requested:
+        if state.phase > _PAUSED or state.close_requested:
             refusal = state.refusal()
             assert refusal is not None
             raise refusal

@@ -56,6 +56,10 @@ class Phase(enum.IntEnum):
     ABORTED = 4
 
 
+# Module constants: an enum member looked up on its class costs a dict walk
+# per access before Python 3.12, and ``submit`` compares on every call.
+_PAUSED = Phase.PAUSED
+
 _LEGAL: dict[Phase, frozenset[Phase]] = {
     Phase.RUNNING: frozenset({Phase.PAUSED, Phase.CLOSING, Phase.BROKEN, Phase.ABORTED}),
     Phase.PAUSED: frozenset({Phase.RUNNING, Phase.CLOSING, Phase.BROKEN, Phase.ABORTED}),
@@ -111,7 +115,7 @@ class PoolState:
     @property
     def accepting(self) -> bool:
         """New jobs are accepted (RUNNING or PAUSED, and no signal asked to close)."""
-        return self.phase <= Phase.PAUSED and not self.close_requested
+        return self.phase <= _PAUSED and not self.close_requested
 
     @property
     def closing(self) -> bool:
@@ -130,7 +134,7 @@ class PoolState:
 
     def refusal(self) -> BaseException | None:
         """The error ``submit`` raises now, or None while jobs are accepted."""
-        if self.phase <= Phase.PAUSED:
+        if self.phase <= _PAUSED:
             return RuntimeError(SHUTDOWN_MESSAGE) if self.close_requested else None
         error = self._refusal
         return type(error)(*error.args)

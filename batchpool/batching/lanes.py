@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
-from ..jobs import BATCHED_KINDS, CHUNK_KINDS, Batch, Job, items_of
+from ..jobs import BATCHED_KINDS, CALLS, CHUNK_KINDS, Batch, Job, items_of
 from ..options import Priority
 from ..state import Phase, PoolState
 from .lane import AGE_STEP, LaneTable, candidates, lane_key
@@ -45,6 +45,8 @@ from .limits import KeyLimits, Unlimited
 from .sizing import Sizer, timing_key
 
 __all__ = ["AGE_STEP", "Batcher", "lane_key"]
+
+_PAUSED = Phase.PAUSED  # a module constant: submit compares with it on every call
 
 
 class Batcher:
@@ -169,10 +171,12 @@ class Batcher:
             RuntimeError (or the error given to ``close``): the batcher is closed.
         """
         key = lane_key(job)
+        state = self.state
         with self._lock:
-            refusal = self.state.refusal()
-            if refusal is not None:
-                raise refusal
+            if state.phase > _PAUSED or state.close_requested:
+                refusal = state.refusal()
+                if refusal is not None:
+                    raise refusal
             limit = self.max_pending
             if limit is not None and self._pending >= limit:
                 if not block:
@@ -191,7 +195,7 @@ class Batcher:
                 if refusal is not None:
                     raise refusal
             self._queue_locked(key, job)
-            self.submitted += items_of(job)
+            self.submitted += 1 if job.kind == CALLS else items_of(job)
             return True
 
     def put_delayed(self, job: Job, delay: float) -> None:
