@@ -337,13 +337,18 @@ class ProcessBackend(Balancing):
         worker.sent += len(batch.jobs)
         timeout = batch.jobs[0].opts.timeout
         if timeout is not None:
+            start = time.monotonic()
             if batch.kind in CHUNK_KINDS:
                 # The worker stops an item past its limit itself; this kill is
-                # the backstop for one stuck where no signal reaches it.
+                # the backstop for one stuck where no signal reaches it. A
+                # prefetched chunk batch starts after those ahead of it: its
+                # budget counts from their backstops, not from now.
                 timeout = timeout * sum(items_of(job) for job in batch.jobs) + CHUNK_GRACE
+                ahead = [d for d, bid, wid in self._deadlines if wid == worker.id and bid in worker.inflight]
+                start = max([start, *ahead])
             else:
                 worker.timed = batch.id  # nothing may wait behind a call that may be killed
-            heapq.heappush(self._deadlines, (time.monotonic() + timeout, batch.id, worker.id))
+            heapq.heappush(self._deadlines, (start + timeout, batch.id, worker.id))
         if worker.control is not None:
             worker.control.sent()
         worker.channel.send(*parts)
