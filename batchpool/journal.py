@@ -173,6 +173,7 @@ class JournalWriter:
         self._commits = 0
         self._rate = (time.monotonic(), 0, 0.0)  # bucket start, commits in it, last full bucket's rate
         self._closed = self._stopping = self._dead = self._recovered = False
+        self._released = threading.Event()  # close() is over: last writes in, ownership released
         self._before_commit: Callable[[], None] | None = None  # test hook, run on the writer thread
         self._thread = threading.Thread(target=self._run, name="batchpool-journal", daemon=True)
         self._thread.start()
@@ -535,10 +536,19 @@ class JournalWriter:
         """
         with self._lock:
             if self._closed:
-                return
-            self._closed = self._stopping = True
-            self._work.notify()
-            self._room.notify_all()
+                closing = self._thread
+            else:
+                closing = None
+                self._closed = self._stopping = True
+                self._work.notify()
+                self._room.notify_all()
+        if closing is not None:
+            # Closed (or being closed) by another thread: return only once
+            # its last writes are in, as a first close would.
+            if closing is not threading.current_thread():
+                closing.join()
+            self._released.wait()
+            return
         if threading.current_thread() is not self._thread:
             self._thread.join()
         try:
@@ -546,11 +556,14 @@ class JournalWriter:
             with self._read_lock:
                 self._reader.close()
         finally:
-            with _REGISTRY_LOCK:
-                os.close(self._lock_fd)  # drops the POSIX lock; the file stays (see _take_lock)
-                real = os.path.realpath(self.path)
-                if _REGISTRY.get(real) is self:
-                    del _REGISTRY[real]
+            try:
+                with _REGISTRY_LOCK:
+                    os.close(self._lock_fd)  # drops the POSIX lock; the file stays (see _take_lock)
+                    real = os.path.realpath(self.path)
+                    if _REGISTRY.get(real) is self:
+                        del _REGISTRY[real]
+            finally:
+                self._released.set()
 
     def __enter__(self) -> JournalWriter:
         return self
