@@ -10,6 +10,7 @@ the failure model is visible in one place::
     │   ├── QueueFullError                  max_pending reached with on_full="raise"
     │   ├── ShutdownError                   shutdown's deadline passed before the job ended
     │   ├── JobTimeoutError                 the job ran past its time limit (also a TimeoutError)
+    │   ├── ProtocolMismatchError           a Dask worker runs another batchpool version
     │   ├── RunFailedError                  map_pages: more items failed than tolerated
     │   ├── RunFinishedError                map_pages: the run_id finished, results not kept
     │   ├── CircuitOpenError (retry.py)     the job's key failed too often; failing fast
@@ -48,6 +49,7 @@ __all__ = [
     "BatchPoolError",
     "BatchResultError",
     "JobTimeoutError",
+    "ProtocolMismatchError",
     "DuplicateJobError",
     "JournalCorruptError",
     "JournalError",
@@ -448,4 +450,24 @@ class RunFinishedError(BatchPoolError):
         return (
             f"run {self.run_id!r} already finished and its results were not kept (keep_results=False); "
             "use a new run_id"
+        )
+
+
+class ProtocolMismatchError(BatchPoolError):
+    """A Dask worker runs a batchpool that speaks another protocol version than this process.
+
+    Example:
+        >>> str(ProtocolMismatchError(1, 2))
+        'the Dask worker runs batchpool protocol 1, this process speaks 2: install the same batchpool on both'
+    """
+
+    def __init__(self, worker: int, parent: int) -> None:
+        super().__init__(worker, parent)
+        self.worker = worker
+        self.parent = parent
+
+    def __str__(self) -> str:
+        return (
+            f"the Dask worker runs batchpool protocol {self.worker}, this process speaks "
+            f"{self.parent}: install the same batchpool on both"
         )

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ... import protocol, serialization
-from ...errors import BatchPoolError
+from ...errors import ProtocolMismatchError
 from ...jobs import ExceptionWithTraceback
 from ...runner import run_batch
 
@@ -36,26 +36,6 @@ __all__ = ["OUTCOMES", "UNDECODABLE", "ProtocolMismatchError", "Scattered", "run
 
 OUTCOMES = 0
 UNDECODABLE = 1
-
-
-class ProtocolMismatchError(BatchPoolError):
-    """A Dask worker runs a batchpool that speaks another protocol version than this process.
-
-    Example:
-        >>> str(ProtocolMismatchError(1, 2))
-        'the Dask worker runs batchpool protocol 1, this process speaks 2: install the same batchpool on both'
-    """
-
-    def __init__(self, worker: int, parent: int) -> None:
-        super().__init__(worker, parent)
-        self.worker = worker
-        self.parent = parent
-
-    def __str__(self) -> str:
-        return (
-            f"the Dask worker runs batchpool protocol {self.worker}, this process speaks "
-            f"{self.parent}: install the same batchpool on both"
-        )
 
 
 class Scattered:
