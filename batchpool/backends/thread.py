@@ -198,7 +198,9 @@ class ThreadBackend(Backend):
         if len(run.jobs) > 1:
             self._runs.add(run)
             if self.batcher.waiters:
-                self.batcher.wake_all()  # an idle thread may take part of it
+                # One idle thread is enough to take part of it; waking them all
+                # for every batch of tiny jobs would cost a wake-up each.
+                self.batcher.wake_one()
         fn, kind, ledger = batch.fn, batch.kind, self.ledger
         ran: list[Job] = []
         try:

@@ -447,6 +447,11 @@ class Batcher:
         with self._lock:
             self._cond.notify_all()
 
+    def wake_one(self) -> None:
+        """Wake one thread blocked in ``take_wait`` (there is work it may take)."""
+        with self._lock:
+            self._cond.notify()
+
     @property
     def closed(self) -> bool:
         """True once the pool is closing (no new jobs; lanes flush at once)."""
