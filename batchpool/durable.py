@@ -149,10 +149,10 @@ class Durable:
 
     Example:
         >>> durable = Durable.open(None, None, None)
-        >>> first = Job(abs, (-1,), None, Future())
+        >>> first = Job(abs, (-1,), None)
         >>> durable.admit(first, "a") is None  # new: the caller queues it
         True
-        >>> durable.admit(Job(abs, (-1,), None, Future()), "a") is first.future
+        >>> durable.admit(Job(abs, (-1,), None), "a") is first.future
         True
     """
 

@@ -38,7 +38,6 @@ from .compat import StdlibCompat
 from .control import PoolControl
 from .durable import Durable, DurableMixin
 from .errors import QueueFullError, ShutdownError
-from .futures import LightFuture
 from .jobs import BATCHED, BATCHED_BISECT, CALLS, Batch, Job, is_batched
 from .ledger import Ledger
 from .lifecycle import WeakStats, register_backend, shutdown_unreferenced
@@ -291,10 +290,9 @@ class BatchPoolExecutor(
                     f"got {len(args)} positional and {len(kwargs or ())} keyword arguments"
                 )
             kind = BATCHED_BISECT if opts.retry is not None else BATCHED
-        future: Future[Any] = LightFuture()  # no Condition until someone waits (futures.py)
-        job = Job(fn, args, kwargs, future, kind, opts)
+        job = Job(fn, args, kwargs, kind, opts)  # the job is the Future the caller gets (jobs.py)
         if self._breakers and not self._admit(job):
-            return future
+            return job
         if job_id is not None or self._durable.writer is not None:
             known = self._durable.admit(job, job_id)  # journaled now, or the id's own Future
             if known is not None:
@@ -302,7 +300,7 @@ class BatchPoolExecutor(
         if not self._batcher.put(job, block=self._on_full == "block", timeout=self._block_timeout):
             return self._on_queue_full(job)
         self._backend.notify()
-        return future
+        return job
 
     def _admit(self, job: Job) -> bool:
         """Apply the job's circuit breaker, if its key has one."""

@@ -41,6 +41,7 @@ from typing import Any, Protocol
 
 from .batching import Batcher
 from .errors import JobTimeoutError
+from .futures_locks import _FINISHED
 from .jobs import CHUNK_KINDS, Batch, ChunkResult, Job
 from .metrics import Metrics
 
@@ -76,16 +77,15 @@ class Ledger:
         metrics: where outcomes are counted.
 
     Example:
-        >>> from concurrent.futures import Future
         >>> from batchpool.batching import Batcher
         >>> from batchpool.jobs import Job
         >>> ledger = Ledger(Batcher(max_batch_size=8, max_delay=0.0), Metrics())
-        >>> job = Job(abs, (-1,), None, Future())
+        >>> job = Job(abs, (-1,), None)
         >>> batch = Batch([job], "free worker", None)
         >>> ledger.claim(batch)
         True
         >>> ledger.outcomes([job], [(True, 1)]); ledger.finish(batch, 0.001)
-        >>> job.future.result(), ledger.in_flight()
+        >>> job.result(), ledger.in_flight()
         (1, 0)
     """
 
@@ -113,7 +113,7 @@ class Ledger:
         """
         kept = []
         for job in batch.jobs:
-            if job.started or job.future.set_running_or_notify_cancel():
+            if job.started or job.set_running_or_notify_cancel():
                 job.started = True
                 kept.append(job)
             else:
@@ -144,6 +144,12 @@ class Ledger:
             self._claimed.pop(batch.id, None)
             if self._settled_waiters and not self._claimed:
                 self._settled.notify_all()
+        for job in batch.jobs:
+            # Final now (a job being retried is RUNNING still), and its batch
+            # is over, so nothing reads its call again: the user's Future must
+            # not keep the arguments alive.
+            if job._state == _FINISHED:
+                job.release_call()
         batch.mark_done(run_time)
         self.batcher.record(batch.timing_key, len(batch.jobs), run_time)
         self.metrics.batch_done(len(batch.jobs), run_time, time.monotonic() - batch.mean_submit, batch.record)
@@ -192,7 +198,7 @@ class Ledger:
         if chunk and value.errors and self._retry_chunk_items(job, value):
             return len(value.values) - len(value.errors)  # these are final; the rest come back later
         try:
-            job.future.set_result(value)
+            job.set_result(value)
         except InvalidStateError:
             return 0  # settled by an abort, a watchdog, or cancelled meanwhile
         if job.breaker is not None:
@@ -220,7 +226,7 @@ class Ledger:
         if not again:
             return False
         items = job.args[0]
-        retry = Job(job.fn, ([items[i] for i in again],), None, Future(), job.kind, job.opts)
+        retry = Job(job.fn, ([items[i] for i in again],), None, job.kind, job.opts)
         retry.attempt = job.attempt + 1
         retry.started = True  # an internal job: its Future never shows RUNNING to anyone
         retry.future.add_done_callback(partial(self._merge_chunk, job, chunk, again))
@@ -240,7 +246,7 @@ class Ledger:
             else:
                 del chunk.errors[i]
         try:
-            job.future.set_result(chunk)  # its items were counted as they settled
+            job.set_result(chunk)  # its items were counted as they settled
         except InvalidStateError:
             pass
 
@@ -252,7 +258,7 @@ class Ledger:
         """
         if attempt is not None and attempt != job.attempt:
             return
-        if job.future.done():
+        if job.done():
             return  # settled already (a timeout raced its worker's own report)
         if not charge:
             self.requeue([job])
@@ -271,7 +277,7 @@ class Ledger:
         if self.batcher.holding:
             self.batcher.job_done(job)
         try:
-            job.future.set_exception(exc)
+            job.set_exception(exc)
         except InvalidStateError:
             return
         if job.breaker is not None:
@@ -287,7 +293,7 @@ class Ledger:
             if self.batcher.holding:
                 self.batcher.job_done(job)
             try:
-                job.future.set_exception(exc)
+                job.set_exception(exc)
             except InvalidStateError:
                 continue  # cancelled or settled meanwhile; checking first would race
             failed += 1
@@ -311,8 +317,8 @@ class Ledger:
         """
         cancelled = 0
         for job in jobs:
-            by_user = job.future.cancelled()
-            if job.future.cancel():
+            by_user = job.cancelled()
+            if job.cancel():
                 cancelled += 1
                 self._dropped(job, tell=by_user)
         self.metrics.jobs_cancelled(cancelled)

@@ -65,9 +65,8 @@ class Batcher:
             lane flushes at once once it is closing.
 
     Example:
-        >>> from concurrent.futures import Future
         >>> b = Batcher(max_batch_size=8, max_delay=0.0)
-        >>> b.put(Job(print, ("hi",), None, Future()))  # True: queued
+        >>> b.put(Job(print, ("hi",), None))  # True: queued
         True
         >>> batch = b.take(max_jobs=8, idle_workers=1)
         >>> len(batch.jobs), batch.reason

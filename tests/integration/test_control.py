@@ -299,7 +299,7 @@ def test_rate_limit_from_above(pool: Pool, tmp_path: Path) -> None:
         return max(sum(1 for t in times if s <= t <= s + 1.0) for s in times)
 
     # What the limiter decides: dispatches. Exact.
-    dispatched = worst([f._batchpool_info[0].t_dispatch for f in futures])  # type: ignore[attr-defined]
+    dispatched = worst([f.record.t_dispatch for f in futures])  # type: ignore[attr-defined]
     assert dispatched <= 100 + burst, f"{dispatched} dispatches in one second"
     # What the jobs see: starts, a transport's latency after their dispatch.
     started = worst([float(x) for x in path.read_text().split()])

@@ -1,8 +1,10 @@
-"""Every Future a pool hands out is a LightFuture (no Condition until someone waits)."""
+"""Every Future a pool hands out is a LightFuture (no Condition until someone waits), and it is its job."""
 
 from __future__ import annotations
 
 import concurrent.futures
+import gc
+import weakref
 from collections.abc import Callable
 
 from batchpool import BatchPoolExecutor, job_info
@@ -15,11 +17,35 @@ TIMEOUT = 30
 def test_submit_and_map_futures_are_light(pool: Callable[..., BatchPoolExecutor]) -> None:
     ex = pool()
     fut = ex.submit(helpers.add_one, 1)
-    assert type(fut) is LightFuture
-    assert isinstance(fut, concurrent.futures.Future)
+    assert isinstance(fut, LightFuture) and isinstance(fut, concurrent.futures.Future)
     assert fut.result(TIMEOUT) == 2
-    info = job_info(fut)  # stored on the Future's __dict__
+    assert "__dict__" not in dir(fut) or not fut.__dict__  # where it went is in slots, not a dict
+    info = job_info(fut)
     assert info is not None and info.batch_size >= 1
     done, _ = concurrent.futures.wait([ex.submit(helpers.add_one, 2)], timeout=TIMEOUT)
     assert [f.result(0) for f in done] == [3]
     assert list(ex.map(helpers.add_one, range(3), timeout=TIMEOUT)) == [1, 2, 3]
+
+
+def test_a_finished_future_does_not_keep_its_arguments_alive(pool: Callable[..., BatchPoolExecutor]) -> None:
+    # The stdlib Future never holds the call; batchpool's Future is its job,
+    # which must let go of the call once the job is over.
+    ex = pool()
+    payload = helpers.Payload()
+    alive = weakref.ref(payload)
+    fut = ex.submit(helpers.echo, [payload])  # a list: the thread backend returns the same object
+    fut.result(TIMEOUT)
+    del payload, fut  # the result (a copy on the process backend, the list itself on threads) goes too
+    # The batch's end is bookkept just after its outcomes: poll for it, bounded.
+    helpers.wait_until(lambda: gc.collect() >= 0 and alive() is None, TIMEOUT, "the argument to be freed")
+
+
+def test_a_held_future_lets_go_of_its_arguments(pool: Callable[..., BatchPoolExecutor]) -> None:
+    ex = pool()
+    payload = helpers.Payload()
+    alive = weakref.ref(payload)
+    fut = ex.submit(id, payload)
+    assert isinstance(fut.result(TIMEOUT), int)
+    del payload
+    helpers.wait_until(lambda: gc.collect() >= 0 and alive() is None, TIMEOUT, "the argument to be freed")
+    assert fut.done() and job_info(fut) is not None  # the Future and where it went stay

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Future
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +20,7 @@ class Clock:
 
 
 def job(fn: object = abs, clock: Clock | None = None) -> Job:
-    j = Job(fn, (1,), None, Future())  # type: ignore[arg-type]
+    j = Job(fn, (1,), None)  # type: ignore[arg-type]
     if clock is not None:
         j.t_submit = clock.now
     return j

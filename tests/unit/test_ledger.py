@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError
 from typing import Any
 
 import pytest
@@ -34,7 +34,7 @@ def setup() -> tuple[Ledger, Batcher, Clock]:
 
 
 def job(opts: JobOptions | None = None, kind: int = 0, args: tuple[Any, ...] = (1,)) -> Job:
-    return Job(abs, args, None, Future(), kind, opts or JobOptions())
+    return Job(abs, args, None, kind, opts or JobOptions())
 
 
 class Recorder:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from concurrent.futures import Future
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -108,7 +106,7 @@ def make(clock: Clock, **kw: object) -> Batcher:
 
 
 def job(key: str = "k", kind: int = 0) -> Job:
-    return Job(abs, (1,), None, Future(), kind, JobOptions(key=key))
+    return Job(abs, (1,), None, kind, JobOptions(key=key))
 
 
 def test_a_lane_at_its_concurrency_limit_is_skipped_and_others_go_on() -> None:
