@@ -25,6 +25,7 @@ import os
 import sys
 import threading
 import weakref
+from _thread import get_ident
 from collections.abc import Callable, Hashable, Iterable
 from concurrent.futures import Executor, Future
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -257,13 +258,16 @@ class BatchPoolExecutor(
         job_id: str | None = None,
     ) -> Future[Any]:
         signals = self._signals
-        if signals is None:
+        if signals is None or get_ident() != signals.main:
             return self._enqueue(fn, args, kwargs, kind, opts, job_id)
-        signals.enter()
+        # SignalDrain.enter/leave, inline: every submit passes here.
+        signals.depth += 1
         try:
             return self._enqueue(fn, args, kwargs, kind, opts, job_id)
         finally:
-            signals.leave()  # a signal that came meanwhile exits here, not in the middle
+            signals.depth -= 1
+            if signals.exit_pending and not signals.depth:
+                signals.exit_deferred()  # a signal that came meanwhile exits here, not in the middle
 
     def _enqueue(
         self,

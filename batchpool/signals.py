@@ -67,9 +67,12 @@ class SignalDrain:
         self._abort = abort
         self._exit_code = exit_code
         self.timeout = timeout
-        self._main = threading.main_thread().ident
-        self.depth = 0  # how deep the main thread is inside batchpool calls
-        self._exit_pending = False
+        #: The main thread's ident; ``depth`` counts how deep it is inside
+        #: batchpool calls (``submit`` bumps it inline: it is on every call's path).
+        self.main = threading.main_thread().ident
+        self.depth = 0
+        #: A signal came while ``depth`` > 0: ``leave`` raises SystemExit.
+        self.exit_pending = False
         self._count = 0
         self._r, self._w = os.pipe()
         self._drainer: threading.Thread | None = None
@@ -91,7 +94,7 @@ class SignalDrain:
         if self._exit_code is None:
             return
         if self.depth:
-            self._exit_pending = True  # raised as the main thread leaves the batchpool call
+            self.exit_pending = True  # raised as the main thread leaves the batchpool call
         else:
             raise SystemExit(self._exit_code)
 
@@ -99,18 +102,22 @@ class SignalDrain:
 
     def enter(self) -> None:
         """The calling thread enters a batchpool call (counted on the main thread only)."""
-        if threading.get_ident() == self._main:
+        if threading.get_ident() == self.main:
             self.depth += 1
 
     def leave(self) -> None:
         """The calling thread leaves it; a deferred exit happens here."""
-        if threading.get_ident() != self._main:
+        if threading.get_ident() != self.main:
             return
         self.depth -= 1
-        if self.depth == 0 and self._exit_pending:
-            self._exit_pending = False
-            assert self._exit_code is not None
-            raise SystemExit(self._exit_code)
+        if self.depth == 0 and self.exit_pending:
+            self.exit_deferred()
+
+    def exit_deferred(self) -> None:
+        """Raise the SystemExit a signal deferred: the main thread is out of batchpool's calls now."""
+        self.exit_pending = False
+        assert self._exit_code is not None
+        raise SystemExit(self._exit_code)
 
     # -- the helper thread -------------------------------------------------------------------
 
