@@ -41,7 +41,6 @@ from typing import Any, Protocol
 
 from .batching import Batcher
 from .errors import JobTimeoutError
-from .futures_locks import _FINISHED
 from .jobs import CHUNK_KINDS, Batch, ChunkResult, Job
 from .metrics import Metrics
 
@@ -138,18 +137,23 @@ class Ledger:
             if self._settled_waiters and not self._claimed:
                 self._settled.notify_all()
 
-    def finish(self, batch: Batch, run_time: float) -> None:
-        """The batch ran to its end in ``run_time`` seconds (timing and metrics)."""
+    def finish(self, batch: Batch, run_time: float | None) -> None:
+        """The batch ran to its end in ``run_time`` seconds (timing and metrics; None: ``timed`` did them)."""
         with self._lock:
             self._claimed.pop(batch.id, None)
             if self._settled_waiters and not self._claimed:
                 self._settled.notify_all()
-        for job in batch.jobs:
-            # Final now (a job being retried is RUNNING still), and its batch
-            # is over, so nothing reads its call again: the user's Future must
-            # not keep the arguments alive.
-            if job._state == _FINISHED:
-                job.release_call()
+        if run_time is not None:
+            self.timed(batch, run_time)
+
+    def timed(self, batch: Batch, run_time: float) -> None:
+        """Record the batch's run time (estimates, metrics, ``job_info``).
+
+        ``finish`` does it, unless given ``run_time=None``: a backend that
+        settles the batch's last outcome on a thread the user waits for calls
+        this first, then settles, then ``finish``es, so the waiting thread
+        need not wait for this bookkeeping to get the GIL.
+        """
         batch.mark_done(run_time)
         self.batcher.record(batch.timing_key, len(batch.jobs), run_time)
         self.metrics.batch_done(len(batch.jobs), run_time, time.monotonic() - batch.mean_submit, batch.record)
@@ -205,6 +209,10 @@ class Ledger:
             job.breaker.record(True)
         if self.observers:
             self._tell("job_done", job, value)
+        # Final, and the job's own run returned (it was not settled from
+        # outside while running): nothing reads its call again, and the
+        # user's Future must not keep the arguments alive.
+        job.release_call()
         if chunk:
             # Stats count what the user sees: a chunk's items, not the chunk.
             if value.errors:
@@ -285,6 +293,7 @@ class Ledger:
         self.metrics.job_failed(job.id, exc, final=True, timed_out=timed_out)
         if self.observers:
             self._tell("job_failed", job, exc)
+        job.release_call()  # a thread still running it (a timeout) has read its call already
 
     def fail_all(self, jobs: Iterable[Job], exc: BaseException) -> None:
         """Fail every job with ``exc``, no retries (the pool broke, was aborted, or the callable is bad)."""

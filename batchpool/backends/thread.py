@@ -54,6 +54,10 @@ STEAL_AFTER = 0.001
 _pool_numbers = itertools.count()
 
 
+#: A job's outcome not settled yet: (job, attempt, ok, value or exception).
+_Outcome = tuple[Job, int, bool, Any]
+
+
 class _Run:
     """A batch being run by one thread: its unstarted jobs can be taken from the far end."""
 
@@ -134,6 +138,10 @@ class ThreadBackend(Backend):
             return True
 
     def _stop(self) -> bool:
+        state = self.state
+        calm = not self._abandoned and not self._retired and not state.stopped
+        if calm and len(self._threads) <= state.target_workers:
+            return False  # the usual answer, asked after every batch: no thread lookup for it
         me = threading.current_thread()
         if self.state.stopped or me in self._abandoned:
             return True
@@ -184,16 +192,33 @@ class ThreadBackend(Backend):
         me = threading.current_thread()
         self._busy.add(me)
         t0 = time.perf_counter()
+        last: _Outcome | None = None
         if batch.kind in BATCHED_KINDS:
             ran = self._run_batched(batch)
         else:
-            ran = self._run_calls(batch, me)
+            ran, last = self._run_calls(batch, me)
         run_time = time.perf_counter() - t0
         self._busy.discard(me)
         batch.jobs = ran  # the jobs this thread ran (others were taken, or given back)
-        self.ledger.finish(batch, run_time)
+        if last is None:
+            self.ledger.finish(batch, run_time)
+            return
+        # The last outcome is settled after the bookkeeping: whoever waits for
+        # it needs the GIL, and this thread lets it go only once it is idle.
+        try:
+            self.ledger.timed(batch, run_time)
+        finally:
+            self._settle(*last)
+            self.ledger.finish(batch, None)
 
-    def _run_calls(self, batch: Batch, me: threading.Thread) -> list[Job]:
+    def _settle(self, job: Job, attempt: int, ok: bool, value: Any) -> None:
+        if ok:
+            self.ledger.succeed(job, value, attempt)
+        else:
+            self.ledger.fail(job, value, attempt=attempt)
+
+    def _run_calls(self, batch: Batch, me: threading.Thread) -> tuple[list[Job], _Outcome | None]:
+        """Run the batch's jobs in order, settling each as it returns, except the last (returned)."""
         run = _Run(batch)
         if len(run.jobs) > 1:
             self._runs.add(run)
@@ -225,6 +250,8 @@ class ThreadBackend(Backend):
                     self._unwatch(job)
                 ran.append(job)
                 batch.done += 1
+                if not run.jobs:  # the last one (thieves take only unstarted jobs)
+                    return ran, (job, attempt, ok, value)
                 if ok:
                     ledger.succeed(job, value, attempt)
                 else:
@@ -234,7 +261,7 @@ class ThreadBackend(Backend):
                 del value, job
         finally:
             self._runs.discard(run)
-        return ran
+        return ran, None
 
     def _run_batched(self, batch: Batch) -> list[Job]:
         jobs = batch.jobs
@@ -257,6 +284,8 @@ class ThreadBackend(Backend):
 
     def _steal(self, now: float) -> tuple[Batch | None, float | None]:
         """Take the unstarted half of a slow batch's rest, or say when to look again."""
+        if not self._runs:
+            return None, None
         retry_at: float | None = None
         for run in list(self._runs):
             if not run.jobs:

@@ -325,6 +325,8 @@ class Batcher:
                     self._waiters -= 1
 
     def _take_locked(self, max_jobs: int, idle: int, prefetch: bool, workers: int, now: float) -> Batch | None:
+        if not self._pending:
+            return None  # nothing queued, nor waiting for a retry: an idle pool's threads ask often
         if self.state.phase != Phase.RUNNING and not self.state.closing:
             return None  # paused: queued work waits (retry backoffs still count down)
         if self._delayed and self._delayed[0][0] <= now:
@@ -393,6 +395,8 @@ class Batcher:
             return self._next_deadline_locked()
 
     def _next_deadline_locked(self) -> float | None:
+        if not self._pending:
+            return None  # no lane lingers and no retry waits
         deadlines = [self._delayed[0][0]] if self._delayed else []
         if self._limits:
             now = self._clock()
