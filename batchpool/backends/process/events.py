@@ -161,10 +161,14 @@ class WorkerEvents(Backend):
         batch = worker.inflight.get(batch_id)
         if batch is None:
             return
-        self.ledger.outcomes(batch.jobs[start : start + count], outcomes)
+        jobs = batch.jobs[start : start + count]
         batch.done = start + count
         if not flags & protocol.FINAL:
+            self.ledger.outcomes(jobs, outcomes)
             return
+        # The batch's last part: its bookkeeping goes first, so that a caller
+        # waiting for one of these results gets the GIL as soon as they are
+        # settled (this thread then goes back to its poll, and lets it go).
         del worker.inflight[batch_id]
         self._release(worker, batch.blocks)
         batch.blocks = []
@@ -175,8 +179,12 @@ class WorkerEvents(Backend):
             worker.sent -= len(rest)
             batch.jobs = batch.jobs[: batch.done]
             self.ledger.requeue(rest)  # never started: back to the lanes, untouched
-        self.ledger.finish(batch, run_time)
         worker.done += len(batch.jobs)
+        try:
+            self.ledger.timed(batch, run_time)
+        finally:
+            self.ledger.outcomes(jobs, outcomes)
+            self.ledger.finish(batch, None)
 
     def _on_undecodable(self, batch: Batch, wrapped: BaseException, fn_failed: int) -> None:
         jobs = batch.jobs
