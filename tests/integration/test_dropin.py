@@ -20,6 +20,7 @@ import pytest
 
 import batchpool
 from batchpool import ProcessPoolExecutor, ThreadPoolExecutor
+from tests import helpers
 
 ROOT = Path(__file__).resolve().parents[2]
 METHODS = [m for m in ("forkserver", "spawn") if m in multiprocessing.get_all_start_methods()]
@@ -290,3 +291,27 @@ def test_the_standard_machinery_is_never_reached() -> None:
             pex._adjust_process_count()
     finally:
         pex.shutdown()
+
+
+@pytest.mark.parametrize("method", ["forkserver", "spawn"])
+def test_processes_start_in_submit_for_jobs_no_idle_worker_can_take(tmp_path: Path, method: str) -> None:
+    # As with ProcessPoolExecutor: when submit returns, a process has been
+    # started for its job if no idle one could take it (code that reads
+    # `_processes` or counts children right after submitting relies on it).
+    gate = tmp_path / "go"
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context(method)) as ex:
+        futures = [ex.submit(helpers.wait_for_path, str(gate), 30) for _ in range(3)]
+        assert len(ex._processes) == 3
+        gate.touch()
+        assert [f.result(timeout=30) for f in futures] == [True] * 3
+        # Sequential jobs find the idle workers: no process beyond those.
+        for _ in range(5):
+            assert ex.submit(abs, -1).result(timeout=30) == 1
+        assert len(ex._processes) == 3
+
+
+def test_sequential_jobs_keep_to_one_process() -> None:
+    with ProcessPoolExecutor(4) as ex:
+        for _ in range(10):
+            assert ex.submit(abs, -1).result(timeout=30) == 1
+        assert len(ex._processes) == 1

@@ -63,6 +63,9 @@ __all__ = ["PREFETCH", "ProcessBackend"]
 PREFETCH = 2
 #: Slack on top of a timed map chunk's item limits before its worker is killed.
 CHUNK_GRACE = 1.0
+#: Longest a submit waits for a worker to be started for it (a safety bound:
+#: a start takes milliseconds, and a failed one breaks the pool, ending the wait).
+GROW_WAIT = 10.0
 
 _pool_ids = itertools.count()
 
@@ -108,6 +111,20 @@ class ProcessBackend(Balancing):
         # Deadlines of running jobs that have a timeout: (deadline, batch id, worker id).
         self._deadlines: list[tuple[float, int, int]] = []
         self._rebalance_at: float | None = None  # when to look again for work to move to an idle worker
+        # While the pool has fewer workers than its target, a submit that finds
+        # fewer idle workers than queued jobs asks for a worker and waits for
+        # the manager's next pass, which starts it: processes start on demand,
+        # one per such submit, as ProcessPoolExecutor starts them in submit()
+        # (and ``_processes`` says so when submit returns). Passes are
+        # numbered as they begin; a submit waits for the end of one that began
+        # after its job was queued.
+        self._growing = True
+        self._grow_asks: deque[None] = deque()  # one per submit that found no idle worker
+        self._started_for_jobs = 0  # workers this pass started for queued jobs (no idle worker)
+        self._pass_started = 0
+        self._pass_ended = 0
+        self._pass_waiters = 0
+        self._pass_done = threading.Condition(threading.Lock())
         self.state.watch(self._on_state_change)
 
     # -- called from other threads ------------------------------------------------------
@@ -116,8 +133,42 @@ class ProcessBackend(Balancing):
         if self._manager is None:
             if not self.state.stopped:
                 self._start()
-        elif self._can_dispatch and not self._wake_pending:
+            return
+        growing = self._growing and threading.current_thread() is not self._manager
+        if growing:
+            began = self._pass_started  # before the wake-up: the pass that answers it begins later
+            # Idle as the standard pool counts it: done with what it was sent.
+            # A worker that never finished anything is not; it may be starting.
+            idle = sum(1 for w in list(self._workers.values()) if w.idle and w.done and not w.retiring)
+            growing = idle < self.batcher.pending
+            if growing:
+                self._grow_asks.append(None)  # the next pass starts a worker for it
+        if (self._can_dispatch and not self._wake_pending) or growing:
             self._wake()
+        if growing:
+            self._wait_for_pass(began)
+
+    def _grow_on_demand(self, started: int) -> None:
+        """Start a worker per submit that asked for one (less those ``started`` already), up to the target."""
+        asks = 0
+        while self._grow_asks:
+            try:
+                self._grow_asks.popleft()
+            except IndexError:
+                break
+            asks += 1
+        for _ in range(min(asks - started, self.state.target_workers - self._live())):
+            if self.state.closing or not self._spawn():
+                return
+
+    def _wait_for_pass(self, began: int) -> None:
+        with self._pass_done:
+            self._pass_waiters += 1
+            try:
+                # Bounded: a pool that stops meanwhile ends its passes too.
+                self._pass_done.wait_for(lambda: self._pass_ended > began or not self._growing, GROW_WAIT)
+            finally:
+                self._pass_waiters -= 1
 
     def _on_state_change(self) -> None:
         if self._manager is not None:
@@ -211,7 +262,18 @@ class ProcessBackend(Balancing):
                 if self.state.stopped:
                     self._fail_everything(self.state.error or BrokenProcessPool("the pool stopped"))
                     return
+                self._pass_started += 1
+                # A worker the last pass started for a busy pool's queued job
+                # may be the one a submit asked for meanwhile: it counts.
+                started_for_jobs, self._started_for_jobs = self._started_for_jobs, 0
+                if self._grow_asks:
+                    self._grow_on_demand(started_for_jobs)
                 self._dispatch()
+                self._growing = self._live() < self.state.target_workers and not self.state.closing
+                self._pass_ended = self._pass_started
+                if self._pass_waiters:
+                    with self._pass_done:
+                        self._pass_done.notify_all()
                 if self._finished():
                     return
                 dead: list[Worker] = []
@@ -238,6 +300,9 @@ class ProcessBackend(Balancing):
             self._break(f"the pool's manager thread failed: {exc!r}", exc)
             self._fail_everything(self.state.error or BrokenProcessPool(repr(exc)))
         finally:
+            self._growing = False
+            with self._pass_done:
+                self._pass_done.notify_all()
             self._shut_down_now()
 
     def _timeout(self) -> float | None:
@@ -279,6 +344,7 @@ class ProcessBackend(Balancing):
             if not idle and self._live() < target:
                 if not self._spawn():
                     return
+                self._started_for_jobs += 1
                 continue
             if worker is None:
                 break
