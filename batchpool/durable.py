@@ -254,8 +254,10 @@ class Durable:
         fn, args = _journaled_call(job)
         opts = job.opts
         try:
+            # A generated id needs no digest: no live entry compares with it.
             digest = writer.accept(job_id, fn, args, job.kwargs, key=opts.key if isinstance(opts.key, str) else None,
-                                   priority=opts.priority, timeout=opts.timeout, retry=opts.retry)  # fmt: skip
+                                   priority=opts.priority, timeout=opts.timeout, retry=opts.retry,
+                                   digest=live is not None)  # fmt: skip
         except JournalError:
             raise
         except Exception as exc:  # noqa: BLE001 - the call does not pickle: its Future fails now, alone
@@ -410,6 +412,14 @@ class JournalObserver:
         if job.job_id is not None:
             self._writer.done(job.job_id, value)
             self._finished(job)
+
+    def jobs_done(self, outcomes: Sequence[tuple[Job, Any]]) -> None:
+        """``job_done`` for several jobs: one record list append under one lock."""
+        self._writer.done_many([(job.job_id, value) for job, value in outcomes if job.job_id is not None])
+        if self._live:
+            for job, _ in outcomes:
+                if job.job_id is not None:
+                    self._finished(job)
 
     def job_failed(self, job: Job, exc: BaseException) -> None:
         if job.job_id is None:

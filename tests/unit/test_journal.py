@@ -7,6 +7,7 @@ test needs records to stay uncommitted; nothing waits on timing luck.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -23,6 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchpool import (
+    BatchPoolExecutor,
+    DuplicateJobError,
     Journal,
     JournalCorruptError,
     JournalError,
@@ -690,6 +693,55 @@ def test_a_newer_schema_is_refused(path: str, writers: Callable[..., JournalWrit
     conn.close()
     with pytest.raises(NotAJournalError, match="version 99"):
         JournalWriter.open(path)
+
+
+# A journal as batchpool wrote it before schema version 2: a stored digest, every job indexed by state.
+_VERSION_1 = """
+CREATE TABLE bp_journal_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE bp_blobs (digest BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE bp_jobs (
+    job_id TEXT PRIMARY KEY, state TEXT NOT NULL, fn_digest BLOB NOT NULL, call BLOB NOT NULL,
+    digest BLOB NOT NULL, key TEXT, priority INTEGER NOT NULL, timeout REAL, retry_digest BLOB,
+    attempts INTEGER NOT NULL, crashes INTEGER NOT NULL DEFAULT 0, session INTEGER NOT NULL,
+    created REAL NOT NULL, started REAL, finished REAL, result BLOB,
+    result_kept INTEGER NOT NULL DEFAULT 0, error_type TEXT, error_message TEXT,
+    error_traceback TEXT, exception BLOB);
+CREATE INDEX bp_jobs_by_state ON bp_jobs (state, finished);
+INSERT INTO bp_journal_meta VALUES ('magic', 'batchpool-journal'), ('version', '1'), ('sessions', '1');
+"""
+
+
+def test_a_version_1_journal_is_read_as_it_is_and_upgraded_by_its_next_owner(path: str) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript(_VERSION_1)
+    fn = serialization.dumps_callable(helpers.add_one)
+    fn_digest = hashlib.blake2b(fn, digest_size=16).digest()  # as version 1 wrote them
+    call = serialization.dumps(((41,), None))
+    conn.execute("INSERT INTO bp_blobs VALUES (?, ?)", (fn_digest, fn))
+    digest = hashlib.blake2b(fn_digest + call, digest_size=16).digest()
+    for job_id, state, result in (("left", "running", None), ("old", "done", serialization.dumps(7))):
+        conn.execute(
+            "INSERT INTO bp_jobs (job_id, state, fn_digest, call, digest, priority, attempts, session, created, "
+            "result, result_kept) VALUES (?, ?, ?, ?, ?, 1, 0, 1, 0.0, ?, ?)",
+            (job_id, state, fn_digest, call, digest, result, result is not None),
+        )
+    conn.commit()
+    conn.close()
+    with Journal(path) as journal:  # a reader does not change the file
+        assert journal.counts()["running"] == 1 and journal.get("old").result() == 7  # type: ignore[union-attr]
+    with BatchPoolExecutor(max_workers=1, backend="thread", journal=path) as ex:
+        recovered = ex.recover()
+        assert recovered["left"].result(timeout=10) == 42
+        again = ex.options(job_id="old").submit(helpers.add_one, 41)  # the same call: the stored outcome
+        assert again.result(timeout=10) == 7
+        with pytest.raises(DuplicateJobError):
+            ex.options(job_id="old").submit(helpers.add_one, 1)
+    with Journal(path) as journal:
+        assert journal.get("left").attempts == 1  # type: ignore[union-attr]
+        assert journal._query("SELECT value FROM bp_journal_meta WHERE name = 'version'") == [("2",)]
+        assert journal._query("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'bp_jobs%'") == [
+            ("bp_jobs_open",)
+        ]
 
 
 def test_a_corrupted_journal_is_reported_as_such(path: str, writers: Callable[..., JournalWriter]) -> None:
