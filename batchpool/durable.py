@@ -251,13 +251,13 @@ class Durable:
 
     def _accept(self, writer: JournalWriter, job: Job, job_id: str,
                 live: dict[str, tuple[Future[Any], object]] | None) -> Future[Any] | None:  # fmt: skip
-        fn, args = _journaled_call(job)
+        fn, args = (job.fn, job.args) if job.kind == CALLS else _journaled_call(job)
         opts = job.opts
         try:
             # A generated id needs no digest: no live entry compares with it.
-            digest = writer.accept(job_id, fn, args, job.kwargs, key=opts.key if isinstance(opts.key, str) else None,
-                                   priority=opts.priority, timeout=opts.timeout, retry=opts.retry,
-                                   digest=live is not None)  # fmt: skip
+            key = opts.key
+            digest = writer.accept(job_id, fn, args, job.kwargs, key if key is None or isinstance(key, str) else None,
+                                   opts.priority, opts.timeout, opts.retry, 0, live is not None)  # fmt: skip
         except JournalError:
             raise
         except Exception as exc:  # noqa: BLE001 - the call does not pickle: its Future fails now, alone

@@ -244,11 +244,13 @@ class JournalWriter:
     # -- recording -----------------------------------------------------------
 
     def accept(self, job_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None = None,
-               *, key: str | None = None, priority: int = 1, timeout: float | None = None, retry: object | None = None,
+               key: str | None = None, priority: int = 1, timeout: float | None = None, retry: object | None = None,
                attempts: int = 0, digest: bool = True) -> bytes | None:  # fmt: skip
         """Record a new job (state "queued"), pickling its call here, in the caller's thread.
 
-        Blocks only while ``MAX_QUEUED`` records wait for the writer. Submitting
+        Arguments may be given by position (the executor does: a call with
+        keywords costs more, once per submit). Blocks only while
+        ``MAX_QUEUED`` records wait for the writer. Submitting
         an existing id again replaces its row (a redrive); the executor
         compares ``lookup(job_id).digest`` first.
 
@@ -275,7 +277,9 @@ class JournalWriter:
         # One flat tuple of str, bytes and numbers: the garbage collector stops
         # tracking it, and the queue holds no other object per job (a queue of
         # 100,000 jobs would otherwise make every full collection slower).
-        record = (INSERT, job_id, "queued", fn_digest, call, int(priority), int(attempts), self._session,
+        if priority.__class__ is not int:
+            priority = int(priority)  # a Priority: an int the collector need not track
+        record = (INSERT, job_id, "queued", fn_digest, call, priority, int(attempts), self._session,
                   self._clock(), None, None, None, 0, extra, fn_bytes, retry_bytes)  # fmt: skip
         with self._lock:
             if len(self._records) >= MAX_QUEUED or self._closed or self._dead:

@@ -269,7 +269,7 @@ class StoredJob:
     error_message: str | None
     error_traceback: str | None
     result_kept: bool
-    _result: bytes | None = None
+    _result: bytes | int | float | str | None = None
     _exception: bytes | None = None
 
     def result(self) -> Any:
@@ -278,9 +278,11 @@ class StoredJob:
         Raises:
             ResultNotKeptError: the job is not done, or its result was not kept.
         """
-        if self.state != "done" or not self.result_kept or self._result is None:
+        if self.state != "done" or not self.result_kept:
             raise ResultNotKeptError(self.job_id)
-        return loads(self._result)
+        value = self._result
+        # A BLOB is a pickle; an int, float, str or NULL was stored as itself (see _result).
+        return loads(value) if isinstance(value, bytes) else value
 
     def exception(self) -> BaseException | None:
         """A failed job's exception if it was kept and unpickles, else None."""
@@ -383,10 +385,12 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[Any, ...]], *, kee
             row = fresh.get(record[1])
             if row is not None:
                 if keep:
-                    try:
-                        row[_RESULT], row[_KEPT] = dumps(record[2]), 1
-                    except Exception:  # noqa: BLE001 - recorded as "done, result not kept"
-                        pass
+                    value, cls = record[2], record[2].__class__
+                    # _native(value), written out for the common cases (the rest go through _result):
+                    if (cls is int and -_INT64 <= value < _INT64) or (cls is str and value.isascii()) or value is None:
+                        row[_RESULT], row[_KEPT] = value, 1
+                    else:
+                        row[_RESULT], row[_KEPT] = _result(value, keep)
                 row[_STATE], row[_FINISHED] = "done", record[3]
                 continue
             _change(fresh, wide, changes, record, keep)
@@ -473,8 +477,32 @@ def _change(fresh: dict[str, list[Any]], wide: dict[str, dict[str, Any]], change
             wide.setdefault(job_id, {})[name] = value
 
 
-def _result(value: object, keep: bool) -> tuple[bytes | None, int]:
-    """(pickled value, 1) to keep, (None, 0) if not kept or it does not pickle ("done, result not kept")."""
+#: Results stored as themselves, not pickled (no pickling on the writer thread,
+#: no unpickling to read): exactly these types, and only what SQLite keeps exactly.
+_INT64 = 2**63
+
+
+def _native(value: object) -> bool:
+    """An int of 64 bits, an ASCII str (it always encodes), a float not NaN (NULL in SQLite), None."""
+    kind = value.__class__
+    if kind is int:
+        return -_INT64 <= value < _INT64  # type: ignore[operator]
+    if kind is str:
+        return bool(value.isascii())  # type: ignore[attr-defined]
+    if kind is float:
+        return value == value
+    return value is None
+
+
+def _result(value: object, keep: bool) -> tuple[bytes | int | float | str | None, int]:
+    """(the value as stored, 1) to keep, (None, 0) if not kept or it does not pickle ("done, result not kept").
+
+    Example:
+        >>> _result(7, True), _result(b"7", True)[0][:1], _result(float("nan"), True)[0][:1], _result(7, False)
+        ((7, 1), b'\\x80', b'\\x80', (None, 0))
+    """
+    if keep and _native(value):
+        return value, 1  # type: ignore[return-value]
     if keep:
         try:
             return dumps(value), 1

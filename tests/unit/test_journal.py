@@ -152,6 +152,23 @@ def test_counts_has_every_state_even_at_zero(path: str, writers: Callable[..., J
         assert journal.counts() == dict.fromkeys(("queued", "running", "done", "failed", "cancelled"), 0)
 
 
+def test_every_kind_of_result_reads_back_as_it_was(path: str, writers: Callable[..., JournalWriter]) -> None:
+    # ints, floats, ASCII strs and None are stored as themselves, the rest pickled: both read back the same.
+    values = [7, -(2**63), 2**63, 2**70, True, 1.5, float("inf"), "ascii", "ünï", "\ud800", "", None, b"raw", [1, "a"]]
+    writer = writers(path)
+    ids = [f"r{i}" for i in range(len(values) + 1)]
+    for job_id in ids:
+        accept(writer, job_id)
+    writer.done_many(list(zip(ids, values, strict=False)))  # folded into the rows inserted by the same commit
+    writer.flush(timeout=WAIT)
+    writer.done(ids[-1], float("nan"))  # an UPDATE of a committed row
+    writer.flush(timeout=WAIT)
+    with Journal(path) as journal:
+        back = [journal.get(job_id).result() for job_id in ids]  # type: ignore[union-attr]
+    assert back[:-1] == values and [type(v) for v in back[:-1]] == [type(v) for v in values]
+    assert back[-1] != back[-1]  # NaN
+
+
 def test_results_not_kept(path: str, writers: Callable[..., JournalWriter]) -> None:
     writer = writers(path, results=False)
     accept(writer, "a")
