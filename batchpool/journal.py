@@ -266,7 +266,11 @@ class JournalWriter:
         # fail its whole batch, other jobs' records included.
         if job_id.__class__ is not str and not isinstance(job_id, str):
             raise TypeError(f"job_id must be a str, got {job_id!r}")
-        fn_bytes, fn_digest = self._pickle_callable(fn)
+        try:
+            hit = self._fn_cache.get(fn)  # _pickle_callable's cache, read here first (once per submit)
+        except TypeError:  # unhashable
+            hit = None
+        fn_bytes, fn_digest = self._pickle_callable(fn) if hit is None else hit
         call = dumps((args, kwargs or None))
         extra = retry_bytes = None
         if key is not None or timeout is not None or retry is not None:
