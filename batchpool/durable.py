@@ -415,7 +415,13 @@ class JournalObserver:
 
     def jobs_done(self, outcomes: Sequence[tuple[Job, Any]]) -> None:
         """``job_done`` for several jobs: one record list append under one lock."""
-        self._writer.done_many([(job.job_id, value) for job, value in outcomes if job.job_id is not None])
+        ids = [job.job_id for job, _ in outcomes]
+        values = [value for _, value in outcomes]
+        if None in ids:  # an internal job (a map chunk's retry) is not journaled
+            kept = [i for i, job_id in enumerate(ids) if job_id is not None]
+            ids, values = [ids[i] for i in kept], [values[i] for i in kept]
+        if ids:
+            self._writer.done_many(ids, values)  # type: ignore[arg-type]
         if self._live:
             for job, _ in outcomes:
                 if job.job_id is not None:

@@ -131,7 +131,7 @@ class JournalWriter:
         ...     writer = JournalWriter.open(os.path.join(d, "jobs.db"))
         ...     _ = writer.accept("job-1", abs, (-2,), None, key=None, priority=1, timeout=None, retry=None)
         ...     writer.running(["job-1"])
-        ...     writer.done_many([("job-1", 2)])
+        ...     writer.done_many(["job-1"], [2])
         ...     writer.flush(timeout=10)
         ...     writer.lookup("job-1").result()
         ...     writer.close()
@@ -327,21 +327,28 @@ class JournalWriter:
     def done(self, job_id: str, value: object) -> None:
         """Record success; ``value`` is pickled later, on the writer thread (unpicklable: result not kept)."""
         with self._lock:
-            self._append((DONE, job_id, value, self._clock()), job_id)
+            self._append((DONE, self._clock(), [job_id], [value]), job_id)
 
-    def done_many(self, outcomes: list[tuple[str, object]]) -> None:
-        """Record the success of several jobs, ``(job_id, value)`` each (as ``done``, one lock for all)."""
-        now = self._clock()
-        ids = [job_id for job_id, _ in outcomes]
-        records = [(DONE, job_id, value, now) for job_id, value in outcomes]
+    def done_many(self, job_ids: list[str], values: list[object]) -> None:
+        """Record the success of several jobs, ``values[i]`` the result of ``job_ids[i]`` (one record for all).
+
+        Example:
+            >>> import tempfile
+            >>> with tempfile.TemporaryDirectory() as d, JournalWriter.open(os.path.join(d, "jobs.db")) as writer:
+            ...     for job_id in ("a", "b"):
+            ...         _ = writer.accept(job_id, abs, (-1,))
+            ...     writer.done_many(["a", "b"], [1, None])
+            ...     writer.flush(timeout=10)
+            ...     writer.lookup("a").result(), writer.lookup("b").result()
+            (1, None)
+        """
+        if len(job_ids) != len(values):
+            raise ValueError(f"{len(job_ids)} job ids for {len(values)} values")
+        # Two lists, not a tuple per job: fewer objects for the collector.
+        record = (DONE, self._clock(), job_ids, values)
         with self._lock:
-            self._check_open()
-            if not self._records:
-                self._queued_since = time.monotonic()
-                self._work.notify()
-            self._seq += len(records)
-            self._records += records
-            self._pending.update(dict.fromkeys(ids, self._seq))  # lookup waits for the last of them
+            self._append(record, None)
+            self._pending.update(dict.fromkeys(job_ids, self._seq))  # lookup waits for this record
 
     def failed(self, job_id: str, exc: BaseException, attempts: int) -> None:
         """Record a final failure: type, message, remote traceback text, the pickled exception if kept."""
