@@ -319,7 +319,8 @@ _NARROW = "job_id, state, fn_digest, call, priority, attempts, session, created,
 _WIDE = "key, timeout, retry_digest, crashes, error_type, error_message, error_traceback, exception"
 _STATE, _ATTEMPTS, _STARTED, _FINISHED, _RESULT, _KEPT = 1, 5, 8, 9, 10, 11
 _INDEX = {name: i for i, name in enumerate(_NARROW.split(", "))}
-_WIDE_NAMES = _WIDE.split(", ")
+_WIDE_DEFAULTS = dict.fromkeys(_WIDE.split(", "))
+_WIDE_DEFAULTS["crashes"] = 0  # NOT NULL: a fresh row has had no crash
 #: Rows per multi-row INSERT: 80 x 12 columns stays under SQLite's oldest limit of 999 variables.
 _ROWS_PER_INSERT = 80
 _ROW = f"({', '.join('?' * 12)})"
@@ -474,7 +475,7 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[Any, ...]], *, kee
                        value, kept)  # fmt: skip
         if wide and job_id in wide:
             extra = wide[job_id]
-            conn.execute(_INSERT_WIDE, [*out, *(extra.get(name) for name in _WIDE_NAMES)])
+            conn.execute(_INSERT_WIDE, [*out, *{**_WIDE_DEFAULTS, **extra}.values()])
             continue
         params += out
         count += 1
