@@ -441,13 +441,18 @@ class JournalWriter:
                     self._inflight_since, self._queued_since = self._queued_since, None
                     self._room.notify_all()
                 error = self._write(records)
+                taken = len(records)
                 with self._lock:
                     self._committed = upto
                     self._inflight_since = None
                     if error is not None and self._error is None:
-                        self._error = (upto - len(records) + 1, error)
-                    self._writing = {}  # every record in it is committed (or lost to the error)
+                        self._error = (upto - taken + 1, error)
+                    written, self._writing = self._writing, {}  # every record in it is committed (or lost)
                     self._committed_cond.notify_all()
+                # Freed here, not under the lock: a batch is up to MAX_QUEUED
+                # records, and freeing them takes milliseconds that submit
+                # would otherwise spend waiting for the lock.
+                del records, written
         finally:
             with self._lock:
                 self._dead = True
