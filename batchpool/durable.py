@@ -223,8 +223,22 @@ class Durable:
         if writer is None:
             assert job_id is not None
             return self._admit_in_memory(job, job_id)
-        if job_id is None:  # a fresh id: nothing to look up
-            return self._accept(writer, job, f"{self._id_prefix}{next(self._ids):016x}", None)
+        if job_id is None:  # a fresh id: nothing to look up, no digest to keep (_accept, written out: the common case)
+            job_id = f"{self._id_prefix}{next(self._ids):016x}"
+            opts = job.opts
+            key = opts.key
+            try:
+                writer.accept(job_id, ChunkCall(job.fn, job.kind) if job.kind in CHUNK_KINDS else job.fn, job.args,
+                              job.kwargs, key if key is None or isinstance(key, str) else None, opts.priority,
+                              opts.timeout, opts.retry, 0, False)  # fmt: skip
+            except JournalError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the call does not pickle: its Future fails now, alone
+                job.future.set_exception(exc)
+                return job.future
+            job.job_id = job_id
+            job.future._batchpool_job_id = job_id  # type: ignore[attr-defined]
+            return None
         with self._lock:
             live = self._live.get(job_id)
             if live is not None:
