@@ -387,6 +387,11 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[Any, ...]], *, kee
     finished: dict[str, float] = {}  # ... and when (a job is done when it is here)
     rows: dict[str, list[Any]] = {}
     wide: dict[str, dict[str, Any]] = {}  # ... and their other columns, when any is set
+    # Jobs inserted by an earlier commit with only RUNNING and DONE records
+    # (most of them, under load): one multi-row UPDATE for many of them.
+    old_started: dict[str, float] = {}
+    old_done: dict[str, Any] = {}
+    old_finished: dict[str, float] = {}
     blobs: dict[bytes, bytes] = {}  # pickled callables and retry policies, by digest
     changes: dict[str, dict[str, Any]] = {}  # other jobs: column -> value their records set, in order
     # The hot loop of the writer thread (about two records per job under
@@ -403,11 +408,15 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[Any, ...]], *, kee
             if kind == DONE:
                 now = record[1]
                 for job_id, value in zip(record[2], record[3], strict=True):
-                    if job_id in fresh and job_id not in rows:
-                        done[job_id], finished[job_id] = value, now
-                    else:
-                        row = _row(job_id, fresh, started, done, finished, rows, keep)
-                        _change(row, wide, changes, (DONE, job_id, value, now), keep)
+                    if job_id in fresh:
+                        if job_id not in rows:
+                            done[job_id], finished[job_id] = value, now
+                        else:
+                            _change(rows[job_id], wide, changes, (DONE, job_id, value, now), keep)
+                    elif job_id in changes:
+                        _change(None, wide, changes, (DONE, job_id, value, now), keep)
+                    else:  # inserted by an earlier commit (under load, the job waited in the lanes meanwhile)
+                        old_done[job_id], old_finished[job_id] = value, now
             elif kind == INSERT:
                 job_id = record[1]
                 if job_id in fresh:  # the same id again, in the same batch: it starts afresh
@@ -423,15 +432,27 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[Any, ...]], *, kee
             elif kind == RUNNING:
                 now = record[1]
                 for job_id in record[2]:
-                    if job_id in fresh and job_id not in rows:
-                        started[job_id] = now
+                    if job_id in fresh:
+                        if job_id not in rows:
+                            started[job_id] = now
+                        else:
+                            _change(rows[job_id], wide, changes, (RUNNING, job_id, now), keep)
+                    elif job_id in changes:
+                        _change(None, wide, changes, (RUNNING, job_id, now), keep)
                     else:
-                        row = _row(job_id, fresh, started, done, finished, rows, keep)
-                        _change(row, wide, changes, (RUNNING, job_id, now), keep)
+                        old_started[job_id] = now
             elif kind == CALL:
                 record[1](conn)
             else:
-                row = _row(record[1], fresh, started, done, finished, rows, keep)
+                job_id = record[1]
+                row = _row(job_id, fresh, started, done, finished, rows, keep)
+                if row is None and (job_id in old_started or job_id in old_finished):
+                    # Its earlier records join its UPDATE, in order, before this one.
+                    if job_id in old_started:
+                        _change(None, wide, changes, (RUNNING, job_id, old_started.pop(job_id)), keep)
+                    if job_id in old_finished:
+                        when = old_finished.pop(job_id)
+                        _change(None, wide, changes, (DONE, job_id, old_done.pop(job_id), when), keep)
                 _change(row, wide, changes, record, keep)
     # One UPDATE per job, whatever number of records it had (running then
     # done, most often), grouped by the columns set: one executemany each.
@@ -444,6 +465,14 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[Any, ...]], *, kee
     for names, update in groups.items():
         assignments = ", ".join(f"{name} = ?" for name in names)
         conn.executemany(f"UPDATE bp_jobs SET {assignments} WHERE job_id = ?", update)
+    if old_finished:
+        finishing = []
+        for job_id, when in old_finished.items():
+            value, kept = _result(old_done[job_id], keep)
+            finishing.append((job_id, old_started.pop(job_id, None), when, value, kept))
+        _update_many(conn, _FINISH, finishing)
+    if old_started:
+        _update_many(conn, _START, list(old_started.items()))
     if not fresh:
         return
     # The blobs go in with their jobs, in the same transaction, not once
@@ -483,6 +512,16 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[Any, ...]], *, kee
             conn.execute(_INSERT_ROWS, params)
             params, count = [], 0
     conn.executemany(_INSERT_ROW, [params[begin : begin + 12] for begin in range(0, len(params), 12)])
+
+
+def _update_many(conn: sqlite3.Connection, sql: tuple[str, str], rows: list[tuple[Any, ...]]) -> None:
+    """Run an UPDATE for many jobs, ``rows`` (job_id, values...): ``sql`` from ``_update_sql``."""
+    many, one = sql
+    whole = len(rows) - len(rows) % _UPDATE_ROWS if _UPDATE_FROM else 0
+    for begin in range(0, whole, _UPDATE_ROWS):
+        conn.execute(many, [value for row in rows[begin : begin + _UPDATE_ROWS] for value in row])
+    # One step per row here (the GIL released and taken back each time): the remainder only.
+    conn.executemany(one, [(*row[1:], row[0]) for row in rows[whole:]])
 
 
 def _row(job_id: str, fresh: dict[str, tuple[Any, ...]], started: dict[str, float], done: dict[str, Any],
@@ -541,6 +580,27 @@ def _change(row: list[Any] | None, wide: dict[str, dict[str, Any]], changes: dic
 #: no unpickling to read): exactly these types, and only what SQLite keeps exactly.
 _INT64 = 2**63
 _NONE = type(None)
+#: UPDATE ... FROM (SQLite 3.33): many jobs in one statement, one step. Rows per statement (5 values each).
+_UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)
+_UPDATE_ROWS = 100
+
+
+def _update_sql(sets: str, width: int, single: str) -> tuple[str, str]:
+    """(UPDATE of _UPDATE_ROWS jobs from VALUES rows of ``width``: job_id first, the same for one job)."""
+    rows = ", ".join([f"({', '.join('?' * width)})"] * _UPDATE_ROWS)
+    many = f"UPDATE bp_jobs SET {sets} FROM (VALUES {rows}) AS v WHERE bp_jobs.job_id = v.column1"
+    return many, f"UPDATE bp_jobs SET {single} WHERE job_id = ?"
+
+
+#: A job inserted by an earlier commit finishing: (job_id, started or None, finished, result, result_kept).
+_FINISH = _update_sql(
+    "state = 'done', started = coalesce(v.column2, started), finished = v.column3, result = v.column4, "
+    "result_kept = v.column5, crashes = 0",
+    5,
+    "state = 'done', started = coalesce(?, started), finished = ?, result = ?, result_kept = ?, crashes = 0",
+)
+#: ... or starting: (job_id, started).
+_START = _update_sql("state = 'running', started = v.column2", 2, "state = 'running', started = ?")
 #: Records folded between two offers of the GIL (see write_batch).
 _SLICE = 256
 

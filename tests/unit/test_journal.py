@@ -169,6 +169,35 @@ def test_every_kind_of_result_reads_back_as_it_was(path: str, writers: Callable[
     assert back[-1] != back[-1]  # NaN
 
 
+def test_jobs_committed_queued_are_updated_many_at_a_time(path: str, writers: Callable[..., JournalWriter]) -> None:
+    # Under load a job waits in the lanes past its insert's commit: its RUNNING and DONE records become
+    # UPDATEs of many jobs at once (250: two full statements and a remainder), in order with its other records.
+    writer = writers(path)
+    ids = [f"j{i}" for i in range(250)]
+    for job_id in ids:
+        accept(writer, job_id, key="k" if job_id == "j1" else None)
+    writer.flush(timeout=WAIT)
+    writer.running(ids[:200])
+    writer.flush(timeout=WAIT)  # j0..j199 committed "running"
+    writer.running(ids[200:])
+    writer.done_many(ids[:240], [*range(239), threading.Lock()])  # the last one's result does not pickle
+    writer.retrying("j240", 1)
+    writer.running(["j240"])
+    writer.failed("j241", ValueError("no"), 1)
+    writer.flush(timeout=WAIT)
+    with Journal(path) as journal:
+        jobs = {job_id: journal.get(job_id) for job_id in ids}
+    assert all(job is not None for job in jobs.values())
+    assert [jobs[f"j{i}"].result() for i in range(239)] == list(range(239))  # type: ignore[union-attr]
+    first = jobs["j0"]
+    assert first is not None and first.started is not None and first.finished is not None
+    assert jobs["j1"].key == "k" and jobs["j239"].state == "done"  # type: ignore[union-attr]
+    assert not jobs["j239"].result_kept  # type: ignore[union-attr]
+    assert (jobs["j240"].state, jobs["j240"].attempts) == ("running", 1)  # type: ignore[union-attr]
+    assert (jobs["j241"].state, jobs["j241"].error_message) == ("failed", "no")  # type: ignore[union-attr]
+    assert {jobs[f"j{i}"].state for i in range(242, 250)} == {"running"}  # type: ignore[union-attr]
+
+
 def test_results_not_kept(path: str, writers: Callable[..., JournalWriter]) -> None:
     writer = writers(path, results=False)
     accept(writer, "a")
