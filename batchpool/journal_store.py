@@ -32,7 +32,6 @@ import sqlite3
 import time
 import traceback
 import urllib.parse
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -409,17 +408,16 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[Any, ...]], *, kee
                 now = record[1]
                 for job_id, value in zip(record[2], record[3], strict=True):
                     if job_id in fresh:
-                        if job_id not in rows:
-                            done[job_id], finished[job_id] = value, now
-                        else:
-                            _change(rows[job_id], wide, changes, (DONE, job_id, value, now), keep)
+                        done[job_id], finished[job_id] = value, now
+                    elif job_id in rows:
+                        _change(rows[job_id], wide, changes, (DONE, job_id, value, now), keep)
                     elif job_id in changes:
                         _change(None, wide, changes, (DONE, job_id, value, now), keep)
                     else:  # inserted by an earlier commit (under load, the job waited in the lanes meanwhile)
                         old_done[job_id], old_finished[job_id] = value, now
             elif kind == INSERT:
                 job_id = record[1]
-                if job_id in fresh:  # the same id again, in the same batch: it starts afresh
+                if job_id in fresh or job_id in rows:  # the same id again, in the same batch: it starts afresh
                     for pending in (started, done, finished, rows, wide):
                         pending.pop(job_id, None)
                 fresh[job_id] = record
@@ -433,10 +431,9 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[Any, ...]], *, kee
                 now = record[1]
                 for job_id in record[2]:
                     if job_id in fresh:
-                        if job_id not in rows:
-                            started[job_id] = now
-                        else:
-                            _change(rows[job_id], wide, changes, (RUNNING, job_id, now), keep)
+                        started[job_id] = now
+                    elif job_id in rows:
+                        _change(rows[job_id], wide, changes, (RUNNING, job_id, now), keep)
                     elif job_id in changes:
                         _change(None, wide, changes, (RUNNING, job_id, now), keep)
                     else:
@@ -473,7 +470,7 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[Any, ...]], *, kee
         _update_many(conn, _FINISH, finishing)
     if old_started:
         _update_many(conn, _START, list(old_started.items()))
-    if not fresh:
+    if not fresh and not rows:
         return
     # The blobs go in with their jobs, in the same transaction, not once
     # per writer: a concurrent prune may have removed an unused one.
@@ -481,30 +478,34 @@ def write_batch(conn: sqlite3.Connection, records: list[tuple[Any, ...]], *, kee
     # Rows go out _ROWS_PER_INSERT at a time, each in one statement: one
     # step (and one GIL round trip) for them all (measured: ~12% less CPU
     # than one per row); their parameters are made just before.
+    slow: list[list[Any]] = []
+    for job_id, row in rows.items():  # rows folded as lists: jobs with records other than RUNNING and DONE
+        if wide and job_id in wide:
+            conn.execute(_INSERT_WIDE, [*row, *{**_WIDE_DEFAULTS, **wide[job_id]}.values()])
+        else:
+            slow.append(row)
+    conn.executemany(_INSERT_ROW, slow)
     params: list[Any] = []
     count = 0
     for job_id, insert in fresh.items():
-        out: Sequence[Any] | None = rows.get(job_id)
-        if out is None:
-            start, end = started.get(job_id), finished.get(job_id)
-            if end is None:
-                state = "queued" if start is None else "running"
-                out = (job_id, state, insert[3], insert[4], insert[5], insert[6], insert[7], insert[8], start, None,
-                       None, 0)  # fmt: skip
+        start, end = started.get(job_id), finished.get(job_id)
+        if end is None:
+            state = "queued" if start is None else "running"
+            out: tuple[Any, ...] = (job_id, state, insert[3], insert[4], insert[5], insert[6], insert[7], insert[8],
+                                    start, None, None, 0)  # fmt: skip
+        else:
+            value = done[job_id]
+            cls = value.__class__
+            # _native(value), written out for the common cases (the rest go through _result):
+            native = (cls is int and -_INT64 <= value < _INT64) or cls is _NONE or (cls is str and value.isascii())
+            if keep and native:
+                kept = 1
             else:
-                value = done[job_id]
-                cls = value.__class__
-                # _native(value), written out for the common cases (the rest go through _result):
-                native = (cls is int and -_INT64 <= value < _INT64) or cls is _NONE or (cls is str and value.isascii())
-                if keep and native:
-                    kept = 1
-                else:
-                    value, kept = _result(value, keep)
-                out = (job_id, "done", insert[3], insert[4], insert[5], insert[6], insert[7], insert[8], start, end,
-                       value, kept)  # fmt: skip
+                value, kept = _result(value, keep)
+            out = (job_id, "done", insert[3], insert[4], insert[5], insert[6], insert[7], insert[8], start, end,
+                   value, kept)  # fmt: skip
         if wide and job_id in wide:
-            extra = wide[job_id]
-            conn.execute(_INSERT_WIDE, [*out, *{**_WIDE_DEFAULTS, **extra}.values()])
+            conn.execute(_INSERT_WIDE, [*out, *{**_WIDE_DEFAULTS, **wide[job_id]}.values()])
             continue
         params += out
         count += 1
@@ -530,7 +531,7 @@ def _row(job_id: str, fresh: dict[str, tuple[Any, ...]], started: dict[str, floa
     row = rows.get(job_id)
     if row is not None:
         return row
-    insert = fresh.get(job_id)
+    insert = fresh.pop(job_id, None)  # from now on a row of its own (written with the other rows)
     if insert is None:
         return None
     row = rows[job_id] = list(insert[1:13])
