@@ -9,11 +9,12 @@ what the dead owner left. The file format and its SQL are in
 only ``errors``, ``serialization``, ``journal_store`` and ``journal_recover``.
 Data flow::
 
-    submitting thread ── accept(): pickles the call here ──┐
-    manager thread ── running/done/failed/retrying/... ────┤ one bounded list of
-                                                           v records (backpressure)
+    submitting thread ── accept(): pickles the call here ──┐ one flat tuple per job
+    manager thread ── running/done_many (one record per ───┤ one bounded list of
+        batch), failed/retrying/cancelled (per job)        v records (backpressure)
     writer thread: takes EVERY record queued since its last commit, writes them
-    in ONE transaction (group commit), commits, wakes flush() waiters
+    in ONE transaction (group commit), commits, wakes flush() waiters; a job
+    accepted and finished between two commits is written once, in its final state
 
 One live owner: a POSIX record lock (``fcntl.lockf``) on ``PATH.owner``. The
 kernel drops it when the owner dies, and fork()ed children do not inherit it,
