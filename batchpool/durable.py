@@ -223,8 +223,22 @@ class Durable:
         if writer is None:
             assert job_id is not None
             return self._admit_in_memory(job, job_id)
-        if job_id is None:  # a fresh id: nothing to look up
-            return self._accept(writer, job, f"{self._id_prefix}{next(self._ids):016x}", None)
+        if job_id is None:  # a fresh id: nothing to look up, no digest to keep (_accept, written out: the common case)
+            job_id = f"{self._id_prefix}{next(self._ids):016x}"
+            opts = job.opts
+            key = opts.key
+            try:
+                writer.accept(job_id, ChunkCall(job.fn, job.kind) if job.kind in CHUNK_KINDS else job.fn, job.args,
+                              job.kwargs, key if key is None or isinstance(key, str) else None, opts.priority,
+                              opts.timeout, opts.retry, 0, False)  # fmt: skip
+            except JournalError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - the call does not pickle: its Future fails now, alone
+                job.future.set_exception(exc)
+                return job.future
+            job.job_id = job_id
+            job.future._batchpool_job_id = job_id  # type: ignore[attr-defined]
+            return None
         with self._lock:
             live = self._live.get(job_id)
             if live is not None:
@@ -251,11 +265,13 @@ class Durable:
 
     def _accept(self, writer: JournalWriter, job: Job, job_id: str,
                 live: dict[str, tuple[Future[Any], object]] | None) -> Future[Any] | None:  # fmt: skip
-        fn, args = _journaled_call(job)
+        fn, args = (job.fn, job.args) if job.kind == CALLS else _journaled_call(job)
         opts = job.opts
         try:
-            digest = writer.accept(job_id, fn, args, job.kwargs, key=opts.key if isinstance(opts.key, str) else None,
-                                   priority=opts.priority, timeout=opts.timeout, retry=opts.retry)  # fmt: skip
+            # A generated id needs no digest: no live entry compares with it.
+            key = opts.key
+            digest = writer.accept(job_id, fn, args, job.kwargs, key if key is None or isinstance(key, str) else None,
+                                   opts.priority, opts.timeout, opts.retry, 0, live is not None)  # fmt: skip
         except JournalError:
             raise
         except Exception as exc:  # noqa: BLE001 - the call does not pickle: its Future fails now, alone
@@ -410,6 +426,20 @@ class JournalObserver:
         if job.job_id is not None:
             self._writer.done(job.job_id, value)
             self._finished(job)
+
+    def jobs_done(self, outcomes: Sequence[tuple[Job, Any]]) -> None:
+        """``job_done`` for several jobs: one record list append under one lock."""
+        ids = [job.job_id for job, _ in outcomes]
+        values = [value for _, value in outcomes]
+        if None in ids:  # an internal job (a map chunk's retry) is not journaled
+            kept = [i for i, job_id in enumerate(ids) if job_id is not None]
+            ids, values = [ids[i] for i in kept], [values[i] for i in kept]
+        if ids:
+            self._writer.done_many(ids, values)  # type: ignore[arg-type]
+        if self._live:
+            for job, _ in outcomes:
+                if job.job_id is not None:
+                    self._finished(job)
 
     def job_failed(self, job: Job, exc: BaseException) -> None:
         if job.job_id is None:

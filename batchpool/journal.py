@@ -9,11 +9,12 @@ what the dead owner left. The file format and its SQL are in
 only ``errors``, ``serialization``, ``journal_store`` and ``journal_recover``.
 Data flow::
 
-    submitting thread ── accept(): pickles the call here ──┐
-    manager thread ── running/done/failed/retrying/... ────┤ one bounded list of
-                                                           v records (backpressure)
+    submitting thread ── accept(): pickles the call here ──┐ one flat tuple per job
+    manager thread ── running/done_many (one record per ───┤ one bounded list of
+        batch), failed/retrying/cancelled (per job)        v records (backpressure)
     writer thread: takes EVERY record queued since its last commit, writes them
-    in ONE transaction (group commit), commits, wakes flush() waiters
+    in ONE transaction (group commit), commits, wakes flush() waiters; a job
+    accepted and finished between two commits is written once, in its final state
 
 One live owner: a POSIX record lock (``fcntl.lockf``) on ``PATH.owner``. The
 kernel drops it when the owner dies, and fork()ed children do not inherit it,
@@ -48,8 +49,10 @@ from .journal_store import (
     RETRYING,
     RUNNING,
     StoredJob,
+    call_digest,
     connect,
     sqlite_error,
+    upgrade,
     write_batch,
 )
 from .serialization import dumps, dumps_callable
@@ -129,7 +132,7 @@ class JournalWriter:
         ...     writer = JournalWriter.open(os.path.join(d, "jobs.db"))
         ...     _ = writer.accept("job-1", abs, (-2,), None, key=None, priority=1, timeout=None, retry=None)
         ...     writer.running(["job-1"])
-        ...     writer.done("job-1", 2)
+        ...     writer.done_many(["job-1"], [2])
         ...     writer.flush(timeout=10)
         ...     writer.lookup("job-1").result()
         ...     writer.close()
@@ -157,18 +160,18 @@ class JournalWriter:
         self._work = threading.Condition(self._lock)
         self._room = threading.Condition(self._lock)
         self._committed_cond = threading.Condition(self._lock)
-        self._records: list[tuple[int, Any]] = []
+        self._records: list[tuple[Any, ...]] = []  # (kind, ...): see journal_store.write_batch
         self._seq = 0  # records queued so far
         self._committed = 0  # records handled by the writer (committed, or lost to an error)
         # Monotonic times of the oldest record being written, and of the oldest still queued.
         self._inflight_since: float | None = None
         self._queued_since: float | None = None
-        # Jobs with uncommitted records: id -> (seq of its last record, the
-        # insert row while that is the last record), so lookup sees them. Two
+        # Jobs with uncommitted records: id -> the seq of its last record, or
+        # the INSERT record while that is the last one, so lookup sees them. Two
         # generations: records still queued, and those the writer is writing;
         # a commit drops the second whole (no per-record cleanup on the writer).
-        self._pending: dict[str, tuple[int, tuple[Any, ...] | None]] = {}
-        self._writing: dict[str, tuple[int, tuple[Any, ...] | None]] = {}
+        self._pending: dict[str, int | tuple[Any, ...]] = {}
+        self._writing: dict[str, int | tuple[Any, ...]] = {}
         self._error: tuple[int, JournalError] | None = None  # first unreported (batch's first seq, error)
         self._commits = 0
         self._rate = (time.monotonic(), 0, 0.0)  # bucket start, commits in it, last full bucket's rate
@@ -217,6 +220,7 @@ class JournalWriter:
                     conn.execute("PRAGMA journal_size_limit = 16777216")  # the WAL shrinks back after a burst
                     if conn.execute("PRAGMA quick_check").fetchone()[0] != "ok":
                         raise JournalCorruptError(name, "PRAGMA quick_check found damage")
+                    upgrade(conn)  # a version 1 file becomes version 2
                     writer = cls(name, conn, fd, results=results, clock=clock)
                 except BaseException:
                     conn.close()
@@ -241,16 +245,19 @@ class JournalWriter:
     # -- recording -----------------------------------------------------------
 
     def accept(self, job_id: str, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None = None,
-               *, key: str | None = None, priority: int = 1, timeout: float | None = None, retry: object | None = None,
-               attempts: int = 0) -> bytes:  # fmt: skip
+               key: str | None = None, priority: int = 1, timeout: float | None = None, retry: object | None = None,
+               attempts: int = 0, digest: bool = True) -> bytes | None:  # fmt: skip
         """Record a new job (state "queued"), pickling its call here, in the caller's thread.
 
-        Blocks only while ``MAX_QUEUED`` records wait for the writer. Submitting
+        Arguments may be given by position (the executor does: a call with
+        keywords costs more, once per submit). Blocks only while
+        ``MAX_QUEUED`` records wait for the writer. Submitting
         an existing id again replaces its row (a redrive); the executor
         compares ``lookup(job_id).digest`` first.
 
         Returns:
-            The digest of the pickled callable and arguments.
+            The digest of the pickled callable and arguments (None with
+            ``digest=False``: a generated id, that nothing compares with).
 
         Raises:
             Exception: whatever pickling the callable or arguments raised, at once.
@@ -258,24 +265,39 @@ class JournalWriter:
         """
         # Checked here, not found by SQLite: a record it cannot bind would
         # fail its whole batch, other jobs' records included.
-        if not isinstance(job_id, str):
+        if job_id.__class__ is not str and not isinstance(job_id, str):
             raise TypeError(f"job_id must be a str, got {job_id!r}")
-        if key is not None and not isinstance(key, str):
-            raise TypeError(f"key must be a str or None, got {key!r}")
-        if timeout is not None:
-            timeout = float(timeout)
-        fn_bytes, fn_digest = self._pickle_callable(fn)
+        try:
+            hit = self._fn_cache.get(fn)  # _pickle_callable's cache, read here first (once per submit)
+        except TypeError:  # unhashable
+            hit = None
+        fn_bytes, fn_digest = self._pickle_callable(fn) if hit is None else hit
         call = dumps((args, kwargs or None))
-        retry_bytes, retry_digest = (None, None) if retry is None else self._pickle_retry(retry)
-        digest = hashlib.blake2b(fn_digest + call, digest_size=16).digest()
-        row = (job_id, fn_digest, call, digest, key, int(priority), timeout, retry_digest, int(attempts), self._session,
-               self._clock(), fn_bytes, retry_bytes)  # fmt: skip
+        extra = retry_bytes = None
+        if key is not None or timeout is not None or retry is not None:
+            if key is not None and not isinstance(key, str):
+                raise TypeError(f"key must be a str or None, got {key!r}")
+            retry_bytes, retry_digest = (None, None) if retry is None else self._pickle_retry(retry)
+            extra = (key, None if timeout is None else float(timeout), retry_digest)
+        # One flat tuple of str, bytes and numbers: the garbage collector stops
+        # tracking it, and the queue holds no other object per job (a queue of
+        # 100,000 jobs would otherwise make every full collection slower).
+        if priority.__class__ is not int:
+            priority = int(priority)  # a Priority: an int the collector need not track
+        record = (INSERT, job_id, "queued", fn_digest, call, priority, int(attempts), self._session,
+                  self._clock(), None, None, None, 0, extra, fn_bytes, retry_bytes)  # fmt: skip
         with self._lock:
-            while len(self._records) >= MAX_QUEUED and not (self._closed or self._dead):
-                self._room.wait()
-            self._append(INSERT, row, None)
-            self._pending[job_id] = (self._seq, row)
-        return digest
+            if len(self._records) >= MAX_QUEUED or self._closed or self._dead:
+                while len(self._records) >= MAX_QUEUED and not (self._closed or self._dead):
+                    self._room.wait()
+                self._check_open()
+            self._seq += 1
+            if not self._records:
+                self._queued_since = time.monotonic()
+                self._work.notify()
+            self._records.append(record)
+            self._pending[job_id] = record
+        return call_digest(fn_digest, call) if digest else None
 
     def digest(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any] | None = None) -> bytes:
         """The digest ``accept`` would return for this call, without recording anything.
@@ -291,52 +313,80 @@ class JournalWriter:
             (True, False)
         """
         _, fn_digest = self._pickle_callable(fn)
-        return hashlib.blake2b(fn_digest + dumps((args, kwargs or None)), digest_size=16).digest()
+        return call_digest(fn_digest, dumps((args, kwargs or None)))
 
     def running(self, job_ids: list[str]) -> None:
-        """Record that these jobs started (state "running", started time)."""
-        now = self._clock()
+        """Record that these jobs started (state "running", started time): one record for them all."""
+        for job_id in job_ids:
+            if job_id.__class__ is not str and not isinstance(job_id, str):
+                raise TypeError(f"job_id must be a str, got {job_id!r}")
+        # Not in _pending: lookup() may still answer "queued" from the insert
+        # until the commit; a job that has not finished is not done either way.
         with self._lock:
-            for job_id in job_ids:
-                self._append(RUNNING, (now, job_id), job_id)
+            self._append((RUNNING, self._clock(), job_ids), None)
 
     def done(self, job_id: str, value: object) -> None:
         """Record success; ``value`` is pickled later, on the writer thread (unpicklable: result not kept)."""
         with self._lock:
-            self._append(DONE, (job_id, value, self._clock()), job_id)
+            self._append((DONE, self._clock(), [job_id], [value]), job_id)
+
+    def done_many(self, job_ids: list[str], values: list[object]) -> None:
+        """Record the success of several jobs, ``values[i]`` the result of ``job_ids[i]`` (one record for all).
+
+        Example:
+            >>> import tempfile
+            >>> with tempfile.TemporaryDirectory() as d, JournalWriter.open(os.path.join(d, "jobs.db")) as writer:
+            ...     for job_id in ("a", "b"):
+            ...         _ = writer.accept(job_id, abs, (-1,))
+            ...     writer.done_many(["a", "b"], [1, None])
+            ...     writer.flush(timeout=10)
+            ...     writer.lookup("a").result(), writer.lookup("b").result()
+            (1, None)
+        """
+        if len(job_ids) != len(values):
+            raise ValueError(f"{len(job_ids)} job ids for {len(values)} values")
+        # Two lists, not a tuple per job: fewer objects for the collector.
+        record = (DONE, self._clock(), job_ids, values)
+        with self._lock:
+            self._append(record, None)
+            self._pending.update(dict.fromkeys(job_ids, self._seq))  # lookup waits for this record
 
     def failed(self, job_id: str, exc: BaseException, attempts: int) -> None:
         """Record a final failure: type, message, remote traceback text, the pickled exception if kept."""
         if not isinstance(exc, BaseException):
             raise TypeError(f"exc must be an exception, got {exc!r}")
         with self._lock:
-            self._append(FAILED, (job_id, exc, int(attempts), self._clock()), job_id)
+            self._append((FAILED, job_id, exc, int(attempts), self._clock()), job_id)
 
     def retrying(self, job_id: str, attempts: int) -> None:
         """Record that a failed attempt will be retried: back to "queued" with ``attempts``."""
         with self._lock:
-            self._append(RETRYING, (int(attempts), job_id), job_id)
+            self._append((RETRYING, job_id, int(attempts)), job_id)
 
     def cancelled(self, job_id: str) -> None:
         """Record a cancel by the user (``future.cancel()``); shutdown's cut-offs are not recorded."""
         with self._lock:
-            self._append(CANCELLED, (self._clock(), job_id), job_id)
+            self._append((CANCELLED, job_id, self._clock()), job_id)
 
-    def _append(self, kind: int, payload: Any, job_id: str | None) -> None:
+    def _check_open(self) -> None:
         # Called with self._lock held.
-        if job_id is not None and not isinstance(job_id, str):
-            raise TypeError(f"job_id must be a str, got {job_id!r}")
         if self._closed:
             raise JournalError(self.path, "the journal is closed")
         if self._dead:
             raise JournalError(self.path, "the journal's writer thread has stopped; see the log")
+
+    def _append(self, record: tuple[Any, ...], job_id: str | None) -> None:
+        # Called with self._lock held.
+        if job_id is not None and not isinstance(job_id, str):
+            raise TypeError(f"job_id must be a str, got {job_id!r}")
+        self._check_open()
         self._seq += 1
         if not self._records:
             self._queued_since = time.monotonic()
             self._work.notify()
-        self._records.append((kind, payload))
+        self._records.append(record)
         if job_id is not None:
-            self._pending[job_id] = (self._seq, None)
+            self._pending[job_id] = self._seq
 
     def _pickle_callable(self, fn: Callable[..., Any]) -> tuple[bytes, bytes]:
         # Functions, builtins and classes are pickled once while cached: they
@@ -392,20 +442,25 @@ class JournalWriter:
                     self._inflight_since, self._queued_since = self._queued_since, None
                     self._room.notify_all()
                 error = self._write(records)
+                taken = len(records)
                 with self._lock:
                     self._committed = upto
                     self._inflight_since = None
                     if error is not None and self._error is None:
-                        self._error = (upto - len(records) + 1, error)
-                    self._writing = {}  # every record in it is committed (or lost to the error)
+                        self._error = (upto - taken + 1, error)
+                    written, self._writing = self._writing, {}  # every record in it is committed (or lost)
                     self._committed_cond.notify_all()
+                # Freed here, not under the lock: a batch is up to MAX_QUEUED
+                # records, and freeing them takes milliseconds that submit
+                # would otherwise spend waiting for the lock.
+                del records, written
         finally:
             with self._lock:
                 self._dead = True
                 self._committed_cond.notify_all()
                 self._room.notify_all()
 
-    def _write(self, records: list[tuple[int, Any]]) -> JournalError | None:
+    def _write(self, records: list[tuple[Any, ...]]) -> JournalError | None:
         """Write ``records`` in one transaction; on failure roll back, log, and return the error."""
         if self._before_commit is not None:
             self._before_commit()
@@ -441,7 +496,7 @@ class JournalWriter:
     def _run_on_writer(self, fn: Callable[[sqlite3.Connection], object]) -> None:
         """Run ``fn(connection)`` on the writer thread, inside its next transaction (tests)."""
         with self._lock:
-            self._append(CALL, fn, None)
+            self._append((CALL, fn), None)
 
     # -- waiting and reading -------------------------------------------------
 
@@ -471,11 +526,12 @@ class JournalWriter:
         """The job as recorded, including records this writer has not committed yet; None if unknown."""
         with self._lock:
             entry = self._pending.get(job_id) or self._writing.get(job_id)
+        if isinstance(entry, tuple):  # inserted, not committed, not finished yet
+            key = None if entry[13] is None else entry[13][0]
+            return StoredJob(job_id, "queued", call_digest(entry[3], entry[4]), entry[6], 0, key, entry[5],
+                             entry[8], None, None, None, None, None, False)  # fmt: skip
         if entry is not None:
-            seq, row = entry
-            if row is not None:  # inserted, not committed, nothing else happened to it yet
-                return StoredJob(job_id, "queued", row[3], row[8], 0, row[4], row[5], row[10], None, None,
-                                 None, None, None, False)  # fmt: skip
+            seq = entry
             with self._lock:
                 self._committed_cond.wait_for(lambda: self._committed >= seq or self._dead)
         with self._read_lock:

@@ -68,12 +68,12 @@ def claim_unfinished(
 
     Example:
         >>> import os, tempfile
-        >>> from batchpool.journal_store import INSERT, RUNNING, connect, write_batch
+        >>> from batchpool.journal_store import RUNNING, connect, insert_record, write_batch
         >>> from batchpool.serialization import dumps
         >>> with tempfile.TemporaryDirectory() as d:
         ...     conn = connect(os.path.join(d, "jobs.db"), create=True)
-        ...     row = ("a", b"f", dumps(((-1,), None)), b"d", None, 1, None, None, 0, 1, 0.0, dumps(abs), None)
-        ...     write_batch(conn, [(INSERT, row), (RUNNING, (1.0, "a"))], keep=True)
+        ...     insert = insert_record("a", b"f", dumps(((-1,), None)), 1, 0, 1, 0.0, None, dumps(abs))
+        ...     write_batch(conn, [insert, (RUNNING, 1.0, ["a"])], keep=True)
         ...     (job,) = claim_unfinished(conn, 2, include_failed=False, now=2.0, path="jobs.db")
         ...     conn.close()
         >>> job.state, job.fn(*job.args), job.attempts
@@ -87,7 +87,9 @@ def claim_unfinished(
         rows = conn.execute(
             "SELECT j.job_id, j.state, j.key, j.priority, j.timeout, j.retry_digest, r.data, j.attempts, j.crashes "
             "FROM bp_jobs AS j LEFT JOIN bp_blobs AS r ON r.digest = j.retry_digest "
-            f"WHERE j.session != ? AND j.state IN ({', '.join('?' * len(states))}) ORDER BY j.priority, j.created",
+            # "state != 'done'" as it is in the index's WHERE: SQLite then reads the index, not every job.
+            f"WHERE j.state != 'done' AND j.session != ? AND j.state IN ({', '.join('?' * len(states))}) "
+            "ORDER BY j.priority, j.created",
             (session, *states),
         ).fetchall()
         claimed: list[tuple[Any, ...]] = []

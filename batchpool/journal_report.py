@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .errors import JournalCorruptError
-from .journal_store import JOB_COLUMNS, STATES, StoredJob, connect, sqlite_error
+from .journal_store import JOB_COLUMNS, OPEN, STATES, StoredJob, connect, sqlite_error
 
 __all__ = ["Journal", "report_text"]
 
@@ -85,7 +85,7 @@ class Journal:
         after: tuple[float, str] = (-math.inf, "")
         while True:
             rows = self._query(
-                f"SELECT {JOB_COLUMNS} FROM bp_jobs WHERE state = 'failed' AND (finished, job_id) > (?, ?) "
+                f"SELECT {JOB_COLUMNS} FROM bp_jobs WHERE {OPEN} AND state = 'failed' AND (finished, job_id) > (?, ?) "
                 "ORDER BY finished, job_id LIMIT ?",
                 (*after, _PAGE),
             )

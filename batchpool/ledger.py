@@ -25,8 +25,8 @@ check of an empty dict.
 
 Circuit breakers hear every final outcome here, and a job dropped before it
 ran (cancelled) frees its breaker's trial slot. Observers (the journal) hear
-every transition: ``job_running``, ``job_done``, ``job_failed``,
-``job_retrying``, ``job_cancelled``.
+every transition: ``job_running``, ``job_done`` (``jobs_done`` for the
+successes of one batch), ``job_failed``, ``job_retrying``, ``job_cancelled``.
 """
 
 from __future__ import annotations
@@ -57,6 +57,9 @@ class LedgerObserver(Protocol):
 
     def job_done(self, job: Job, value: Any) -> None:
         """The job returned ``value``."""
+
+    def jobs_done(self, outcomes: Sequence[tuple[Job, Any]]) -> None:
+        """``job_done`` for each ``(job, value)``: the jobs of one batch that succeeded, told at once."""
 
     def job_failed(self, job: Job, exc: BaseException) -> None:
         """The job failed for good with ``exc``."""
@@ -177,11 +180,14 @@ class Ledger:
     def outcomes(self, jobs: Sequence[Job], outcomes: Sequence[tuple[bool, Any]], attempt: int | None = None) -> None:
         """Settle ``jobs`` with one ``(ok, value_or_exception)`` each, in order."""
         ok = 0
+        done: list[tuple[Job, Any]] | None = [] if self.observers else None
         for job, (good, value) in zip(jobs, outcomes, strict=True):
             if good:
-                ok += self._succeed(job, value, attempt)
+                ok += self._succeed(job, value, attempt, done)
             else:
                 self.fail(job, value, attempt=attempt)
+        if done:
+            self._tell("jobs_done", done)
         if ok:
             self.metrics.results(ok)
 
@@ -192,8 +198,11 @@ class Ledger:
             self.metrics.results(ok)
         return ok > 0
 
-    def _succeed(self, job: Job, value: Any, attempt: int | None) -> int:
-        """Settle; how many of the user's items completed (a map chunk counts its items)."""
+    def _succeed(self, job: Job, value: Any, attempt: int | None, done: list[tuple[Job, Any]] | None = None) -> int:
+        """Settle; how many of the user's items completed (a map chunk counts its items).
+
+        With ``done``, observers are told later, by the caller, for the whole list.
+        """
         if attempt is not None and attempt != job.attempt:
             return 0  # a late result of an attempt already given up on
         if self.batcher.holding:
@@ -207,7 +216,9 @@ class Ledger:
             return 0  # settled by an abort, a watchdog, or cancelled meanwhile
         if job.breaker is not None:
             job.breaker.record(True)
-        if self.observers:
+        if done is not None:
+            done.append((job, value))
+        elif self.observers:
             self._tell("job_done", job, value)
         # Final, and the job's own run returned (it was not settled from
         # outside while running): nothing reads its call again, and the

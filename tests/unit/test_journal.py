@@ -7,6 +7,7 @@ test needs records to stay uncommitted; nothing waits on timing luck.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -23,6 +24,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchpool import (
+    BatchPoolExecutor,
+    DuplicateJobError,
     Journal,
     JournalCorruptError,
     JournalError,
@@ -147,6 +150,52 @@ def test_counts_has_every_state_even_at_zero(path: str, writers: Callable[..., J
     writers(path)
     with Journal(path) as journal:
         assert journal.counts() == dict.fromkeys(("queued", "running", "done", "failed", "cancelled"), 0)
+
+
+def test_every_kind_of_result_reads_back_as_it_was(path: str, writers: Callable[..., JournalWriter]) -> None:
+    # ints, floats, ASCII strs and None are stored as themselves, the rest pickled: both read back the same.
+    values = [7, -(2**63), 2**63, 2**70, True, 1.5, float("inf"), "ascii", "ünï", "\ud800", "", None, b"raw", [1, "a"]]
+    writer = writers(path)
+    ids = [f"r{i}" for i in range(len(values) + 1)]
+    for job_id in ids:
+        accept(writer, job_id)
+    writer.done_many(ids[:-1], values)  # folded into the rows inserted by the same commit
+    writer.flush(timeout=WAIT)
+    writer.done(ids[-1], float("nan"))  # an UPDATE of a committed row
+    writer.flush(timeout=WAIT)
+    with Journal(path) as journal:
+        back = [journal.get(job_id).result() for job_id in ids]  # type: ignore[union-attr]
+    assert back[:-1] == values and [type(v) for v in back[:-1]] == [type(v) for v in values]
+    assert back[-1] != back[-1]  # NaN
+
+
+def test_jobs_committed_queued_are_updated_many_at_a_time(path: str, writers: Callable[..., JournalWriter]) -> None:
+    # Under load a job waits in the lanes past its insert's commit: its RUNNING and DONE records become
+    # UPDATEs of many jobs at once (250: two full statements and a remainder), in order with its other records.
+    writer = writers(path)
+    ids = [f"j{i}" for i in range(250)]
+    for job_id in ids:
+        accept(writer, job_id, key="k" if job_id == "j1" else None)
+    writer.flush(timeout=WAIT)
+    writer.running(ids[:200])
+    writer.flush(timeout=WAIT)  # j0..j199 committed "running"
+    writer.running(ids[200:])
+    writer.done_many(ids[:240], [*range(239), threading.Lock()])  # the last one's result does not pickle
+    writer.retrying("j240", 1)
+    writer.running(["j240"])
+    writer.failed("j241", ValueError("no"), 1)
+    writer.flush(timeout=WAIT)
+    with Journal(path) as journal:
+        jobs = {job_id: journal.get(job_id) for job_id in ids}
+    assert all(job is not None for job in jobs.values())
+    assert [jobs[f"j{i}"].result() for i in range(239)] == list(range(239))  # type: ignore[union-attr]
+    first = jobs["j0"]
+    assert first is not None and first.started is not None and first.finished is not None
+    assert jobs["j1"].key == "k" and jobs["j239"].state == "done"  # type: ignore[union-attr]
+    assert not jobs["j239"].result_kept  # type: ignore[union-attr]
+    assert (jobs["j240"].state, jobs["j240"].attempts) == ("running", 1)  # type: ignore[union-attr]
+    assert (jobs["j241"].state, jobs["j241"].error_message) == ("failed", "no")  # type: ignore[union-attr]
+    assert {jobs[f"j{i}"].state for i in range(242, 250)} == {"running"}  # type: ignore[union-attr]
 
 
 def test_results_not_kept(path: str, writers: Callable[..., JournalWriter]) -> None:
@@ -690,6 +739,55 @@ def test_a_newer_schema_is_refused(path: str, writers: Callable[..., JournalWrit
     conn.close()
     with pytest.raises(NotAJournalError, match="version 99"):
         JournalWriter.open(path)
+
+
+# A journal as batchpool wrote it before schema version 2: a stored digest, every job indexed by state.
+_VERSION_1 = """
+CREATE TABLE bp_journal_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE bp_blobs (digest BLOB PRIMARY KEY, data BLOB NOT NULL) WITHOUT ROWID;
+CREATE TABLE bp_jobs (
+    job_id TEXT PRIMARY KEY, state TEXT NOT NULL, fn_digest BLOB NOT NULL, call BLOB NOT NULL,
+    digest BLOB NOT NULL, key TEXT, priority INTEGER NOT NULL, timeout REAL, retry_digest BLOB,
+    attempts INTEGER NOT NULL, crashes INTEGER NOT NULL DEFAULT 0, session INTEGER NOT NULL,
+    created REAL NOT NULL, started REAL, finished REAL, result BLOB,
+    result_kept INTEGER NOT NULL DEFAULT 0, error_type TEXT, error_message TEXT,
+    error_traceback TEXT, exception BLOB);
+CREATE INDEX bp_jobs_by_state ON bp_jobs (state, finished);
+INSERT INTO bp_journal_meta VALUES ('magic', 'batchpool-journal'), ('version', '1'), ('sessions', '1');
+"""
+
+
+def test_a_version_1_journal_is_read_as_it_is_and_upgraded_by_its_next_owner(path: str) -> None:
+    conn = sqlite3.connect(path)
+    conn.executescript(_VERSION_1)
+    fn = serialization.dumps_callable(helpers.add_one)
+    fn_digest = hashlib.blake2b(fn, digest_size=16).digest()  # as version 1 wrote them
+    call = serialization.dumps(((41,), None))
+    conn.execute("INSERT INTO bp_blobs VALUES (?, ?)", (fn_digest, fn))
+    digest = hashlib.blake2b(fn_digest + call, digest_size=16).digest()
+    for job_id, state, result in (("left", "running", None), ("old", "done", serialization.dumps(7))):
+        conn.execute(
+            "INSERT INTO bp_jobs (job_id, state, fn_digest, call, digest, priority, attempts, session, created, "
+            "result, result_kept) VALUES (?, ?, ?, ?, ?, 1, 0, 1, 0.0, ?, ?)",
+            (job_id, state, fn_digest, call, digest, result, result is not None),
+        )
+    conn.commit()
+    conn.close()
+    with Journal(path) as journal:  # a reader does not change the file
+        assert journal.counts()["running"] == 1 and journal.get("old").result() == 7  # type: ignore[union-attr]
+    with BatchPoolExecutor(max_workers=1, backend="thread", journal=path) as ex:
+        recovered = ex.recover()
+        assert recovered["left"].result(timeout=10) == 42
+        again = ex.options(job_id="old").submit(helpers.add_one, 41)  # the same call: the stored outcome
+        assert again.result(timeout=10) == 7
+        with pytest.raises(DuplicateJobError):
+            ex.options(job_id="old").submit(helpers.add_one, 1)
+    with Journal(path) as journal:
+        assert journal.get("left").attempts == 1  # type: ignore[union-attr]
+        assert journal._query("SELECT value FROM bp_journal_meta WHERE name = 'version'") == [("2",)]
+        assert journal._query("SELECT name FROM sqlite_master WHERE type = 'index' AND name LIKE 'bp_jobs%'") == [
+            ("bp_jobs_open",)
+        ]
 
 
 def test_a_corrupted_journal_is_reported_as_such(path: str, writers: Callable[..., JournalWriter]) -> None:

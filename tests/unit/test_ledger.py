@@ -47,6 +47,9 @@ class Recorder:
     def job_done(self, job: Job, value: Any) -> None:
         self.events.append(("done", value))
 
+    def jobs_done(self, outcomes: Any) -> None:
+        self.events.append(("done many", [value for _, value in outcomes]))
+
     def job_failed(self, job: Job, exc: BaseException) -> None:
         self.events.append(("failed", type(exc).__name__))
 
@@ -134,6 +137,17 @@ def test_observers_hear_every_transition_and_a_failing_one_is_only_logged(caplog
     kinds = [event for event, _ in recorder.events]
     assert kinds == ["cancelled", "running", "running", "done", "retrying", "failed"]
     assert "observer bug" in caplog.text
+
+
+def test_a_batch_of_outcomes_tells_its_successes_in_one_call() -> None:
+    ledger, _, _ = setup()
+    recorder = Recorder()
+    ledger.observers.append(recorder)
+    jobs = [job(), job(), job()]
+    ledger.claim(Batch(jobs, "free worker", None))
+    ledger.outcomes(jobs, [(True, 1), (False, ValueError("x")), (True, 3)])
+    assert recorder.events[3:] == [("failed", "ValueError"), ("done many", [1, 3])]
+    assert [j.future.result(timeout=1) for j in (jobs[0], jobs[2])] == [1, 3]
 
 
 def test_abort_fails_everything_dispatched_and_queued() -> None:
