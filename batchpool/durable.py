@@ -126,7 +126,6 @@ def _same_call(a: object, b: object) -> bool:
 def _settled(job_id: str, stored: StoredJob) -> Future[Any]:
     """A Future holding a finished job's stored outcome (a job done or failed earlier)."""
     future: Future[Any] = Future()
-    future._batchpool_job_id = job_id  # type: ignore[attr-defined]
     if stored.state == "done":
         try:
             future.set_result(stored.result())
@@ -234,10 +233,9 @@ class Durable:
             except JournalError:
                 raise
             except Exception as exc:  # noqa: BLE001 - the call does not pickle: its Future fails now, alone
-                job.future.set_exception(exc)
-                return job.future
+                job.set_exception(exc)
+                return job
             job.job_id = job_id
-            job.future._batchpool_job_id = job_id  # type: ignore[attr-defined]
             return None
         with self._lock:
             live = self._live.get(job_id)
@@ -249,8 +247,7 @@ class Durable:
             if recovered is not None:  # recover() resubmitting: the journal has it already
                 job.job_id = job_id
                 job.attempt = recovered.attempts + 1
-                job.future._batchpool_job_id = job_id  # type: ignore[attr-defined]
-                self._live[job_id] = (job.future, None)
+                self._live[job_id] = (job, None)
                 return None
             stored = writer.lookup(job_id)
             if stored is not None:
@@ -275,12 +272,11 @@ class Durable:
         except JournalError:
             raise
         except Exception as exc:  # noqa: BLE001 - the call does not pickle: its Future fails now, alone
-            job.future.set_exception(exc)
-            return job.future
+            job.set_exception(exc)
+            return job
         job.job_id = job_id
-        job.future._batchpool_job_id = job_id  # type: ignore[attr-defined]
         if live is not None:
-            live[job_id] = (job.future, digest)
+            live[job_id] = (job, digest)
         return None
 
     @staticmethod
@@ -299,9 +295,8 @@ class Durable:
                 if not _same_call(seen[1], key):
                     raise DuplicateJobError(job_id)
                 return seen[0]
-            self._live[job_id] = (job.future, key)
+            self._live[job_id] = (job, key)
         job.job_id = job_id
-        job.future._batchpool_job_id = job_id  # type: ignore[attr-defined]
         return None
 
     def refused(self, job: Job) -> None:
@@ -310,7 +305,7 @@ class Durable:
             self.writer.cancelled(job.job_id)  # not final: the same id may be submitted again
         if job.job_id is not None:
             entry = self._live.get(job.job_id)
-            if entry is not None and entry[0] is job.future:
+            if entry is not None and entry[0] is job:
                 del self._live[job.job_id]
 
     # -- recovery, flushing, stats -------------------------------------------
@@ -330,7 +325,6 @@ class Durable:
         for job in writer.unfinished(include_failed=failed):
             if job.error is not None or job.fn is None:
                 future: Future[Any] = Future()
-                future._batchpool_job_id = job.job_id  # type: ignore[attr-defined]
                 error = job.error if job.error is not None else RuntimeError("no callable")
                 future.set_exception(error)
                 if not job.poison:  # poison is failed in the journal already
@@ -414,7 +408,7 @@ class JournalObserver:
         live = self._live
         if live:
             entry = live.get(job.job_id)  # type: ignore[arg-type]
-            if entry is not None and entry[0] is job.future:
+            if entry is not None and entry[0] is job:
                 live.pop(job.job_id, None)  # type: ignore[arg-type]
 
     def job_running(self, jobs: Sequence[Job]) -> None:
