@@ -389,6 +389,11 @@ class BatchPoolExecutor(
 
     def _shutdown(self, wait: bool, cancel_futures: bool, deadline: float | None) -> None:
         with self._shutdown_lock:
+            if cancel_futures:
+                # First: a closing pool flushes its lanes at once, so a worker
+                # could take queued jobs between the close and the cancel (all
+                # of a paused pool's). Then again for submits that came meanwhile.
+                self._ledger.cancel(self._batcher.cancel_queued())
             self._state.close()
             if cancel_futures:
                 self._ledger.cancel(self._batcher.cancel_queued())

@@ -14,6 +14,8 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -315,3 +317,26 @@ def test_sequential_jobs_keep_to_one_process() -> None:
         for _ in range(10):
             assert ex.submit(abs, -1).result(timeout=30) == 1
         assert len(ex._processes) == 1
+
+
+def test_a_submit_never_waits_for_a_callback_that_needs_a_lock_the_submitter_holds() -> None:
+    # Workers start on demand and a growing pool's submit waits for them, but
+    # not while done-callbacks run on the manager thread: one may need a lock
+    # the submitter holds (here the callback blocks until the submits are done).
+    lock = threading.Lock()
+    seen: list[int] = []
+
+    def note(f: concurrent.futures.Future[int]) -> None:
+        with lock:
+            seen.append(f.result())
+
+    with ProcessPoolExecutor(4, mp_context=multiprocessing.get_context("forkserver")) as ex:
+        with lock:
+            first = ex.submit(abs, -1)
+            first.add_done_callback(note)
+            helpers.wait_until(first.done, 30, "the first job to finish")  # its callback waits for the lock
+            t0 = time.monotonic()
+            more = [ex.submit(abs, -i) for i in range(2, 5)]  # no idle worker takes them all: the pool grows
+            assert time.monotonic() - t0 < 1.0  # GROW_WAIT is 2 s: none of them waited for the callback
+        assert sorted(f.result(timeout=30) for f in more) == [2, 3, 4]
+        helpers.wait_until(lambda: seen == [1], 30, "the callback to run")

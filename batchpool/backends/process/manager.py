@@ -24,9 +24,10 @@ PoolState and two flags (``_wake_pending``, ``_can_dispatch``) that keep
 Each module below has one part: ``events`` handles what ``select`` reports
 (messages, room to write, deaths) and timeouts; ``balance`` matches the
 workers to the target size (retiring, keeping) and moves work that waits
-behind a slow job to an idle worker; ``workers`` starts and stops processes;
-``payload`` encodes a batch. This module keeps the start, the loop, dispatch
-and shutdown; ``ProcessBackend`` is ``Balancing`` over ``WorkerEvents``.
+behind a slow job to an idle worker; ``growth`` starts workers as submits
+need them; ``workers`` starts and stops processes; ``payload`` encodes a
+batch. This module keeps the start, the loop, dispatch and shutdown;
+``ProcessBackend`` is ``OnDemand`` over ``Balancing`` over ``WorkerEvents``.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ from ...state import Phase
 from ...transport import PipeTransport, ring, shm
 from ..base import logger
 from .balance import REBALANCE_AFTER as REBALANCE_AFTER  # moved; importable from here still
-from .balance import Balancing
 from .events import RESULT, SENTINEL, WAKE, WRITE
+from .growth import OnDemand
 from .payload import encode
 from .workers import STOP_GRACE, Worker, preload_in_forkserver, start_worker, stop_workers
 
@@ -63,14 +64,11 @@ __all__ = ["PREFETCH", "ProcessBackend"]
 PREFETCH = 2
 #: Slack on top of a timed map chunk's item limits before its worker is killed.
 CHUNK_GRACE = 1.0
-#: Longest a submit waits for a worker to be started for it (a safety bound:
-#: a start takes milliseconds, and a failed one breaks the pool, ending the wait).
-GROW_WAIT = 10.0
 
 _pool_ids = itertools.count()
 
 
-class ProcessBackend(Balancing):
+class ProcessBackend(OnDemand):
     """Runs batches on up to ``max_workers`` worker processes."""
 
     def __init__(self, config: PoolConfig, batcher: Batcher, metrics: Metrics, ledger: Ledger) -> None:
@@ -111,20 +109,7 @@ class ProcessBackend(Balancing):
         # Deadlines of running jobs that have a timeout: (deadline, batch id, worker id).
         self._deadlines: list[tuple[float, int, int]] = []
         self._rebalance_at: float | None = None  # when to look again for work to move to an idle worker
-        # While the pool has fewer workers than its target, a submit that finds
-        # fewer idle workers than queued jobs asks for a worker and waits for
-        # the manager's next pass, which starts it: processes start on demand,
-        # one per such submit, as ProcessPoolExecutor starts them in submit()
-        # (and ``_processes`` says so when submit returns). Passes are
-        # numbered as they begin; a submit waits for the end of one that began
-        # after its job was queued.
-        self._growing = True
-        self._grow_asks: deque[None] = deque()  # one per submit that found no idle worker
-        self._started_for_jobs = 0  # workers this pass started for queued jobs (no idle worker)
-        self._pass_started = 0
-        self._pass_ended = 0
-        self._pass_waiters = 0
-        self._pass_done = threading.Condition(threading.Lock())
+        self._init_growth()
         self.state.watch(self._on_state_change)
 
     # -- called from other threads ------------------------------------------------------
@@ -134,41 +119,11 @@ class ProcessBackend(Balancing):
             if not self.state.stopped:
                 self._start()
             return
-        growing = self._growing and threading.current_thread() is not self._manager
-        if growing:
-            began = self._pass_started  # before the wake-up: the pass that answers it begins later
-            # Idle as the standard pool counts it: done with what it was sent.
-            # A worker that never finished anything is not; it may be starting.
-            idle = sum(1 for w in list(self._workers.values()) if w.idle and w.done and not w.retiring)
-            growing = idle < self.batcher.pending
-            if growing:
-                self._grow_asks.append(None)  # the next pass starts a worker for it
-        if (self._can_dispatch and not self._wake_pending) or growing:
+        growing = self._ask_for_worker()
+        if (self._can_dispatch and not self._wake_pending) or growing is not None:
             self._wake()
-        if growing:
-            self._wait_for_pass(began)
-
-    def _grow_on_demand(self, started: int) -> None:
-        """Start a worker per submit that asked for one (less those ``started`` already), up to the target."""
-        asks = 0
-        while self._grow_asks:
-            try:
-                self._grow_asks.popleft()
-            except IndexError:
-                break
-            asks += 1
-        for _ in range(min(asks - started, self.state.target_workers - self._live())):
-            if self.state.closing or not self._spawn():
-                return
-
-    def _wait_for_pass(self, began: int) -> None:
-        with self._pass_done:
-            self._pass_waiters += 1
-            try:
-                # Bounded: a pool that stops meanwhile ends its passes too.
-                self._pass_done.wait_for(lambda: self._pass_ended > began or not self._growing, GROW_WAIT)
-            finally:
-                self._pass_waiters -= 1
+        if growing is not None:
+            self._wait_for_pass(growing)
 
     def _on_state_change(self) -> None:
         if self._manager is not None:
@@ -262,24 +217,16 @@ class ProcessBackend(Balancing):
                 if self.state.stopped:
                     self._fail_everything(self.state.error or BrokenProcessPool("the pool stopped"))
                     return
-                self._pass_started += 1
-                # A worker the last pass started for a busy pool's queued job
-                # may be the one a submit asked for meanwhile: it counts.
-                started_for_jobs, self._started_for_jobs = self._started_for_jobs, 0
-                if self._grow_asks:
-                    self._grow_on_demand(started_for_jobs)
+                self._begin_pass()
                 self._dispatch()
-                self._growing = self._live() < self.state.target_workers and not self.state.closing
-                self._pass_ended = self._pass_started
-                if self._pass_waiters:
-                    with self._pass_done:
-                        self._pass_done.notify_all()
+                self._end_pass()
                 if self._finished():
                     return
                 dead: list[Worker] = []
                 for key, _ in self._selector.select(self._timeout()):
                     kind, worker = key.data
                     if kind == RESULT:
+                        self._settling_begins()
                         self._read(worker)
                     elif kind == WRITE:
                         self._flush(worker)
@@ -291,6 +238,8 @@ class ProcessBackend(Balancing):
                         # job is already queued, and _dispatch() looks next.
                         self._drain_wake()
                         self._wake_pending = False
+                if self._deadlines or dead:
+                    self._settling_begins()
                 if self._deadlines:
                     self._expire_timeouts()
                 for worker in dead:
@@ -300,9 +249,7 @@ class ProcessBackend(Balancing):
             self._break(f"the pool's manager thread failed: {exc!r}", exc)
             self._fail_everything(self.state.error or BrokenProcessPool(repr(exc)))
         finally:
-            self._growing = False
-            with self._pass_done:
-                self._pass_done.notify_all()
+            self._stop_growing()
             self._shut_down_now()
 
     def _timeout(self) -> float | None:
@@ -344,7 +291,7 @@ class ProcessBackend(Balancing):
             if not idle and self._live() < target:
                 if not self._spawn():
                     return
-                self._started_for_jobs += 1
+                self._started_for_jobs += 1  # it may be the one a submit asked for (growth.py)
                 continue
             if worker is None:
                 break
