@@ -58,6 +58,9 @@ class WorkerEvents(Backend):
     # Deadlines of running jobs that have a timeout: (deadline, batch id, worker id).
     _deadlines: list[tuple[float, int, int]]
 
+    def _settling_begins(self) -> None:
+        """Called before outcomes are settled here (done-callbacks run); ``growth`` hooks in."""
+
     def _expire_timeouts(self) -> None:
         now = time.monotonic()
         while self._deadlines and self._deadlines[0][0] <= now:
@@ -161,6 +164,7 @@ class WorkerEvents(Backend):
         batch = worker.inflight.get(batch_id)
         if batch is None:
             return
+        self._settling_begins()
         jobs = batch.jobs[start : start + count]
         batch.done = start + count
         if not flags & protocol.FINAL:

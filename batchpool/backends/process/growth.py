@@ -110,7 +110,7 @@ class OnDemand(Balancing):
         self._release_waiters()
 
     def _settling_begins(self) -> None:
-        """Outcomes are about to be settled on this thread: waiting submits return now."""
+        """Outcomes are about to be settled on this thread (callbacks run): waiting submits return now."""
         if not self._settling:
             self._settling = True
             self._release_waiters()

@@ -226,7 +226,6 @@ class ProcessBackend(OnDemand):
                 for key, _ in self._selector.select(self._timeout()):
                     kind, worker = key.data
                     if kind == RESULT:
-                        self._settling_begins()
                         self._read(worker)
                     elif kind == WRITE:
                         self._flush(worker)
