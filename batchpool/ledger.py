@@ -350,6 +350,7 @@ class Ledger:
             job.breaker.release()
         if tell and self.observers:
             self._tell("job_cancelled", job)
+        job.release_call()  # out of every lane and batch: a cancelled Future keeps no arguments
 
     def abort(self, error: BaseException) -> None:
         """Fail every dispatched and every queued job with ``error`` now."""

@@ -49,3 +49,17 @@ def test_a_held_future_lets_go_of_its_arguments(pool: Callable[..., BatchPoolExe
     del payload
     helpers.wait_until(lambda: gc.collect() >= 0 and alive() is None, TIMEOUT, "the argument to be freed")
     assert fut.done() and job_info(fut) is not None  # the Future and where it went stay
+
+
+def test_a_cancelled_future_lets_go_of_its_arguments(pool: Callable[..., BatchPoolExecutor]) -> None:
+    ex = pool(max_workers=1)
+    ex.pause()
+    payload = helpers.Payload()
+    alive = weakref.ref(payload)
+    fut = ex.submit(id, payload)
+    assert fut.cancel()
+    del payload
+    ex.resume()  # the lanes drop it as they reach it
+    assert ex.submit(abs, -1).result(TIMEOUT) == 1
+    helpers.wait_until(lambda: gc.collect() >= 0 and alive() is None, TIMEOUT, "the argument to be freed")
+    assert fut.cancelled()
