@@ -70,9 +70,9 @@ class Job(LightFuture[Any]):
     job's time. Slots only, no lock of its own. ``future`` is the job itself,
     so code that reads "the job's Future" says so.
 
-    The call (``fn``, ``args``, ``kwargs``) is dropped once the job finished
-    and its batch is done (``Ledger.finish``): a Future the user keeps must
-    not keep its arguments alive, as the stdlib's does not.
+    The call (``fn``, ``args``, ``kwargs``) is dropped (``release_call``) when
+    the ledger settles the job for good or drops it cancelled: a Future the
+    user keeps must not keep its arguments alive, as the stdlib's does not.
 
     Example:
         >>> job = Job(abs, (-2,), None)
@@ -134,7 +134,6 @@ def items_of(job: Job) -> int:
     """How many of the user's items a job carries (a ``map`` chunk carries several).
 
     Example:
-        >>> from concurrent.futures import Future
         >>> items_of(Job(abs, ([1, 2, 3],), None, CHUNKS1))
         3
     """

@@ -267,7 +267,8 @@ class Ledger:
         try:
             job.set_result(chunk)  # its items were counted as they settled
         except InvalidStateError:
-            pass
+            return
+        job.release_call()
 
     def fail(self, job: Job, exc: BaseException, *, charge: bool = True, attempt: int | None = None) -> None:
         """A run of ``job`` failed with ``exc``: retry it if its policy allows, else fail it.
