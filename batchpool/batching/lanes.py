@@ -34,6 +34,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -99,7 +100,16 @@ class Batcher:
         self._seq = itertools.count()
         self._estimates = self.sizer.estimates  # the same dict (tests seed it)
         self._pending = 0  # queued jobs, delayed ones included
-        self.submitted = 0  # the user's jobs ever accepted by put() (a map chunk counts its items)
+        self._submitted = 0  # the user's jobs moved into the lanes (a map chunk counts its items)
+        # Jobs put without the lock, in arrival order, not in their lanes yet:
+        # every locked method that looks at the lanes moves them there first.
+        self._inbox: deque[Job] = deque()
+        #: ``put`` may append to the inbox instead of taking the lock (when no
+        #: ``max_pending`` applies). Only for a backend whose one consumer is
+        #: woken by ``notify()`` and looks at ``pending`` (the process
+        #: manager); never with threads waiting in ``take_wait``, which could
+        #: begin to wait just as a job went into the inbox.
+        self.lock_free_put = False
         self._waiters = 0  # threads blocked in take_wait(); read without the lock
         self._space_waiters = 0
         self._keys = KeyLimits()  # per-key limits (``batching.limits``); under ``_lock``
@@ -157,6 +167,7 @@ class Batcher:
     def key_limits(self) -> dict[Hashable, tuple[int, int | None, float | None, float, int]]:
         """Per limited key: (running, max_concurrency, rate limit now, starts in the last second, waiting)."""
         with self._lock:
+            self._absorb_locked()
             return self._keys.rows(self._clock(), self._table.waiting(self._limits))
 
     def put(self, job: Job, *, block: bool = False, timeout: float | None = None) -> bool:
@@ -169,9 +180,33 @@ class Batcher:
         Raises:
             RuntimeError (or the error given to ``close``): the batcher is closed.
         """
-        key = lane_key(job)
         state = self.state
+        if self.lock_free_put and self.max_pending is None:
+            # The lock was taken by every submit and by the consumer on every
+            # batch, and under the GIL each contention cost two thread switches
+            # (the parent's busiest line). The caller checked the state; a
+            # close since then is seen here, after the append: the job is
+            # taken back and refused, or the consumer has it already, and then
+            # it came in before the close (the consumer's last look at
+            # ``pending``, after the close, counts the inbox).
+            self._inbox.append(job)
+            if state.phase > _PAUSED or state.close_requested:
+                with self._lock:
+                    try:
+                        self._inbox.remove(job)
+                    except ValueError:
+                        return True  # in its lane already: it runs
+                    refusal = state.refusal()
+                    if refusal is not None:
+                        raise refusal
+                    self._absorb_locked()
+                    self._queue_locked(lane_key(job), job)
+                    self._submitted += 1 if job.kind == CALLS else items_of(job)
+            return True
+        key = lane_key(job)
         with self._lock:
+            if self._inbox:
+                self._absorb_locked()  # earlier jobs first
             if state.phase > _PAUSED or state.close_requested:
                 refusal = state.refusal()
                 if refusal is not None:
@@ -194,8 +229,25 @@ class Batcher:
                 if refusal is not None:
                     raise refusal
             self._queue_locked(key, job)
-            self.submitted += 1 if job.kind == CALLS else items_of(job)
+            self._submitted += 1 if job.kind == CALLS else items_of(job)
             return True
+
+    def _absorb_locked(self) -> None:
+        """Move the jobs put without the lock into their lanes, in arrival order."""
+        inbox = self._inbox
+        while inbox:
+            try:
+                job = inbox.popleft()
+            except IndexError:
+                return  # taken back by a refused put meanwhile
+            self._queue_locked(lane_key(job), job)
+            self._submitted += 1 if job.kind == CALLS else items_of(job)
+
+    @property
+    def submitted(self) -> int:
+        """The user's jobs ever accepted by ``put`` (a map chunk counts its items); no lock taken."""
+        waiting = list(self._inbox)  # a snapshot (a job moving to its lane meanwhile may count twice, briefly)
+        return self._submitted + sum(1 if job.kind == CALLS else items_of(job) for job in waiting)
 
     def put_delayed(self, job: Job, delay: float) -> None:
         """Queue a job again after ``delay`` seconds (a retry; never refused)."""
@@ -252,7 +304,7 @@ class Batcher:
     @property
     def pending(self) -> int:
         """Jobs queued and not yet cut into a batch (cancelled ones included)."""
-        return self._pending
+        return self._pending + len(self._inbox)
 
     @property
     def waiters(self) -> int:
@@ -262,6 +314,7 @@ class Batcher:
     def depths(self) -> dict[str, int]:
         """Jobs waiting per lane, labelled 'PRIORITY/key' (a snapshot)."""
         with self._lock:
+            self._absorb_locked()
             lanes = self._table.depths()
         depths: dict[str, int] = {}
         for key, depth in lanes:
@@ -325,6 +378,8 @@ class Batcher:
                     self._waiters -= 1
 
     def _take_locked(self, max_jobs: int, idle: int, prefetch: bool, workers: int, now: float) -> Batch | None:
+        if self._inbox:
+            self._absorb_locked()
         if not self._pending:
             return None  # nothing queued, nor waiting for a retry: an idle pool's threads ask often
         if self.state.phase != Phase.RUNNING and not self.state.closing:
@@ -395,6 +450,8 @@ class Batcher:
             return self._next_deadline_locked()
 
     def _next_deadline_locked(self) -> float | None:
+        if self._inbox:
+            self._absorb_locked()
         if not self._pending:
             return None  # no lane lingers and no retry waits
         deadlines = [self._delayed[0][0]] if self._delayed else []
@@ -433,6 +490,7 @@ class Batcher:
         return removed
 
     def _drain_locked(self, *, started: bool) -> list[Job]:
+        self._absorb_locked()
         removed = self._table.clear()
         if started:
             removed.extend(job for _, _, job in self._delayed)

@@ -252,17 +252,31 @@ _SIGNAL_IN_SUBMIT = textwrap.dedent(
 
     if __name__ == "__main__":
         backend = sys.argv[1]
-        real = lanes.Batcher._queue_locked
         fired = []
+        if backend == "thread":
+            real = lanes.Batcher._queue_locked
 
-        def queue_and_signal(self, key, job):
-            real(self, key, job)
-            if len(fired) == 0 and self.submitted == 100:
-                fired.append(1)
-                # The handler runs on this thread while it holds the lanes' lock.
-                os.kill(os.getpid(), signal.SIGTERM)
+            def queue_and_signal(self, key, job):
+                real(self, key, job)
+                if len(fired) == 0 and self.submitted == 100:
+                    fired.append(1)
+                    # The handler runs on this thread while it holds the lanes' lock.
+                    os.kill(os.getpid(), signal.SIGTERM)
 
-        lanes.Batcher._queue_locked = queue_and_signal
+            lanes.Batcher._queue_locked = queue_and_signal
+        else:
+            real_put = lanes.Batcher.put
+
+            def put_and_signal(self, job, **kwargs):
+                # The process backend's submit puts without the lanes' lock:
+                # the handler runs inside the put, just after the job went in.
+                accepted = real_put(self, job, **kwargs)
+                if len(fired) == 0 and self.submitted == 101:
+                    fired.append(1)
+                    os.kill(os.getpid(), signal.SIGTERM)
+                return accepted
+
+            lanes.Batcher.put = put_and_signal
         ex = BatchPoolExecutor(max_workers=2, backend=backend)
         ex.install_signal_handlers(timeout=20)
         futures = []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections import deque
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -227,3 +229,66 @@ def test_every_job_is_dispatched_once_or_cancelled(ops: list, size: int, delay: 
     assert set(ran) | cancelled == {j.id for j in submitted}, "a job was lost"
     assert not set(ran) & cancelled, "a cancelled job was dispatched"
     assert b.pending == 0
+
+
+# -- puts without the lock (the process backend's) ---------------------------------
+
+
+def lock_free(**kwargs: object) -> Batcher:
+    b = Batcher(max_batch_size=8, max_delay=0, **kwargs)  # type: ignore[arg-type]
+    b.lock_free_put = True
+    b.record(("builtins", "abs", 0), 10, 0.00001)
+    return b
+
+
+def test_lock_free_puts_are_counted_and_taken_in_arrival_order() -> None:
+    b = lock_free()
+    jobs = [job() for _ in range(5)]
+    for j in jobs:
+        assert b.put(j)
+    assert b._inbox  # not in the lanes yet: no lock was taken
+    assert b.pending == 5
+    assert b.submitted == 5
+    assert sum(b.depths().values()) == 5
+    batch = b.take(max_jobs=100, idle_workers=1)
+    assert batch is not None and batch.jobs == jobs
+    assert b.pending == 0
+
+
+def test_a_lock_free_put_after_the_close_is_refused_and_left_out() -> None:
+    b = lock_free()
+    b.state.close()
+    try:
+        b.put(job())
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("a put after the close was accepted")
+    assert b.pending == 0 and b.drain() == []
+
+
+def test_a_lock_free_put_the_consumer_took_before_the_close_runs() -> None:
+    # The consumer moves the job into its lane between the append and the
+    # put's second look at the state, which then says closed: the job was
+    # accepted before the close, and a closing pool runs what it holds.
+    b = lock_free()
+    late = job()
+
+    class Racing(deque):  # type: ignore[type-arg]
+        def append(self, item: Job) -> None:
+            super().append(item)
+            b.depths()  # the consumer looks (under the lock): the job goes to its lane
+            b.state.close()
+
+    b._inbox = Racing()
+    assert b.put(late) is True
+    batch = b.take(max_jobs=100, idle_workers=1)
+    assert batch is not None and batch.jobs == [late]
+
+
+def test_a_bound_on_pending_jobs_takes_the_lock_path() -> None:
+    b = lock_free(max_pending=2)
+    assert b.put(job()) and b.put(job())
+    assert not b._inbox
+    assert b.put(job()) is False  # full: refused at once, not queued
+    assert b.pending == 2

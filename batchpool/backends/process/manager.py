@@ -73,6 +73,7 @@ class ProcessBackend(OnDemand):
 
     def __init__(self, config: PoolConfig, batcher: Batcher, metrics: Metrics, ledger: Ledger) -> None:
         super().__init__(config, batcher, metrics, ledger)
+        batcher.lock_free_put = True  # this manager is the lanes' one consumer, and notify() wakes it
         assert config.mp_context is not None  # filled in by make_config
         self._ctx = config.mp_context
         # "shm": rings for messages, arena blocks for large buffers, where the
