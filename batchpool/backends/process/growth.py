@@ -1,8 +1,8 @@
 """Starting worker processes on demand, as ``submit()`` needs them (the process backend).
 
-Imports only this package's ``balance`` (the layer below); ``manager`` builds
-on it: ``notify`` (the submitting thread) asks, the manager thread's passes
-answer.
+Imports this package's ``balance`` (the layer below) and ``workers``, and the
+Batcher and PoolState for their types; ``manager`` builds on it: ``notify``
+(the submitting thread) asks, the manager thread's passes answer.
 
 As in ``ProcessPoolExecutor``, whose ``submit()`` starts a process when no
 idle one is left: while the pool has fewer workers than its target, a submit
