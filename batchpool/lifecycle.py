@@ -13,10 +13,10 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .backends.base import Backend
+from .backends.base import Backend, drain_at_exit
 from .metrics import Stats
 from .signals import SignalDrain
-from .state import EXIT_MESSAGE, PoolState
+from .state import PoolState
 
 if TYPE_CHECKING:
     from .executor import BatchPoolExecutor
@@ -32,12 +32,7 @@ _live_signals: weakref.WeakSet[SignalDrain] = weakref.WeakSet()
 def _python_exit() -> None:
     for drain in list(_live_signals):
         drain.wait_drained()  # a signal's drain finishes (bounded) before the rest stops
-    backends = list(_live_backends)
-    for backend in backends:
-        backend.state.close(EXIT_MESSAGE)
-        backend.begin_shutdown()
-    for backend in backends:
-        backend.join()
+    drain_at_exit(list(_live_backends))
 
 
 def _forget_pools_in_child() -> None:

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import abc
 import logging
+from collections.abc import Iterable
 from typing import Any
 
 from ..batching import Batcher
 from ..ledger import Ledger
 from ..metrics import Metrics
 from ..options import PoolConfig
+from ..state import EXIT_MESSAGE
 
-__all__ = ["Backend", "logger"]
+__all__ = ["Backend", "drain_at_exit", "logger"]
 
 logger = logging.getLogger("batchpool")
 
@@ -68,3 +70,16 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def compat_workers(self) -> dict[Any, Any]:
         """Live workers, for the ``_processes``/``_threads`` compatibility views."""
+
+
+def drain_at_exit(backends: Iterable[Backend]) -> None:
+    """Interpreter exit: close every pool (new jobs refused), then wait for each to drain.
+
+    All start draining before any is waited for, so their drains overlap.
+    """
+    backends = list(backends)
+    for backend in backends:
+        backend.state.close(EXIT_MESSAGE)
+        backend.begin_shutdown()
+    for backend in backends:
+        backend.join()

@@ -43,8 +43,7 @@ from ...jobs import Batch, Job
 from ...ledger import Ledger
 from ...metrics import Metrics
 from ...options import PoolConfig
-from ...state import EXIT_MESSAGE
-from ..base import logger
+from ..base import drain_at_exit, logger
 from .cluster import Connection, Scatter, done_callback
 from .outcomes import DaskOutcomes
 from .remote import run_remote
@@ -377,12 +376,7 @@ def _drain_at_exit() -> None:
     ThreadPoolExecutor, the in-process scheduler's among them (batchpool's
     own exit hook, registered earlier, would come too late).
     """
-    backends = list(_live)
-    for backend in backends:
-        backend.state.close(EXIT_MESSAGE)
-        backend.begin_shutdown()
-    for backend in backends:
-        backend.join()
+    drain_at_exit(list(_live))
 
 
 _register_atexit = getattr(threading, "_register_atexit", None)
