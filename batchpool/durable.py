@@ -222,21 +222,8 @@ class Durable:
         if writer is None:
             assert job_id is not None
             return self._admit_in_memory(job, job_id)
-        if job_id is None:  # a fresh id: nothing to look up, no digest to keep (_accept, written out: the common case)
-            job_id = f"{self._id_prefix}{next(self._ids):016x}"
-            opts = job.opts
-            key = opts.key
-            try:
-                writer.accept(job_id, ChunkCall(job.fn, job.kind) if job.kind in CHUNK_KINDS else job.fn, job.args,
-                              job.kwargs, key if key is None or isinstance(key, str) else None, opts.priority,
-                              opts.timeout, opts.retry, 0, False)  # fmt: skip
-            except JournalError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - the call does not pickle: its Future fails now, alone
-                job.set_exception(exc)
-                return job
-            job.job_id = job_id
-            return None
+        if job_id is None:  # a fresh id: nothing to look up, no digest to keep
+            return self._accept(writer, job, f"{self._id_prefix}{next(self._ids):016x}", None)
         with self._lock:
             live = self._live.get(job_id)
             if live is not None:
@@ -262,7 +249,7 @@ class Durable:
 
     def _accept(self, writer: JournalWriter, job: Job, job_id: str,
                 live: dict[str, tuple[Future[Any], object]] | None) -> Future[Any] | None:  # fmt: skip
-        fn, args = (job.fn, job.args) if job.kind == CALLS else _journaled_call(job)
+        fn, args = _journaled_call(job)
         opts = job.opts
         try:
             # A generated id needs no digest: no live entry compares with it.

@@ -24,7 +24,6 @@ from typing import Any, NamedTuple, TypeVar
 
 from .errors import RemoteError, RemoteTraceback
 from .futures import LightFuture
-from .futures_locks import _PENDING
 from .options import JobOptions
 
 __all__ = [
@@ -92,14 +91,7 @@ class Job(LightFuture[Any]):
         kind: int = CALLS,
         opts: JobOptions = DEFAULT_OPTIONS,
     ) -> None:
-        # LightFuture's fields, set here rather than through its __init__: one
-        # call less on the path every submit takes.
-        self._state = _PENDING
-        self._result = None
-        self._exception = None
-        self._cond = None
-        self._waiter_list = None
-        self._callbacks = None
+        LightFuture.__init__(self)
         self.id = next(_job_ids)
         self.fn = fn
         self.args = args
