@@ -197,11 +197,8 @@ class Batcher:
                     except ValueError:
                         return True  # in its lane already: it runs
                     refusal = state.refusal()
-                    if refusal is not None:
-                        raise refusal
-                    self._absorb_locked()
-                    self._queue_locked(lane_key(job), job)
-                    self._submitted += 1 if job.kind == CALLS else items_of(job)
+                    assert refusal is not None  # closing or close requested: never accepting again
+                    raise refusal
             return True
         key = lane_key(job)
         with self._lock:

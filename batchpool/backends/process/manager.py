@@ -120,7 +120,7 @@ class ProcessBackend(OnDemand):
             if not self.state.stopped:
                 self._start()
             return
-        growing = self._ask_for_worker()
+        growing = self._ask_for_worker() if self._growing else None  # a full pool: no call per submit
         if (self._can_dispatch and not self._wake_pending) or growing is not None:
             self._wake()
         if growing is not None:
