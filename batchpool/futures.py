@@ -107,6 +107,7 @@ class LightFuture(LightFutureBase[_T]):
         self._cond = None
         self._waiter_list = None
         self._callbacks = None
+        self._sleepers = None
 
     def _invoke_callbacks(self) -> None:
         # Called after a transition, with no lock held (callbacks may do
@@ -202,19 +203,13 @@ class LightFuture(LightFutureBase[_T]):
                 if self._exception:
                     raise self._exception
                 return self._result  # type: ignore[return-value]
-            return self._wait_for_result(timeout)
-        finally:
-            # As in the stdlib: the raised exception's traceback holds this
-            # frame; dropping self breaks the Future -> exception -> frame cycle.
-            self = None  # type: ignore[assignment]
-
-    def _wait_for_result(self, timeout: float | None) -> _T:
-        try:
             self._wait(timeout)
             if self._exception:
                 raise self._exception
             return self._result  # type: ignore[return-value]
         finally:
+            # As in the stdlib: the raised exception's traceback holds this
+            # frame; dropping self breaks the Future -> exception -> frame cycle.
             self = None  # type: ignore[assignment]
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
@@ -293,6 +288,8 @@ class LightFuture(LightFutureBase[_T]):
             if state in _CANCELLED_STATES:
                 return True
             self._state = _CANCELLED
+            if self._sleepers:
+                self._wake_sleepers()
             if cond is not None:
                 cond.notify_all()
         finally:
@@ -353,6 +350,8 @@ class LightFuture(LightFutureBase[_T]):
             if state not in _DONE_STATES:
                 self._result = result  # before the state: see futures_locks' docstring
                 self._state = _FINISHED
+                if self._sleepers:
+                    self._wake_sleepers()
                 if cond is not None:
                     waiters = self._waiter_list
                     if waiters:
@@ -364,7 +363,8 @@ class LightFuture(LightFutureBase[_T]):
         if state in _DONE_STATES:
             # Built outside the lock: repr reads the result's class.
             raise InvalidStateError(f"{state}: {self!r}")
-        self._invoke_callbacks()
+        if self._callbacks:
+            self._invoke_callbacks()
 
     def set_exception(self, exception: BaseException | None) -> None:
         """Resolve the Future with ``exception``; wake its waiters and run its callbacks.
@@ -384,6 +384,8 @@ class LightFuture(LightFutureBase[_T]):
             if state not in _DONE_STATES:
                 self._exception = exception  # before the state: see futures_locks' docstring
                 self._state = _FINISHED
+                if self._sleepers:
+                    self._wake_sleepers()
                 if cond is not None:
                     waiters = self._waiter_list
                     if waiters:
@@ -394,4 +396,5 @@ class LightFuture(LightFutureBase[_T]):
             lock.release()
         if state in _DONE_STATES:
             raise InvalidStateError(f"{state}: {self!r}")
-        self._invoke_callbacks()
+        if self._callbacks:
+            self._invoke_callbacks()

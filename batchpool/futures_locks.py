@@ -14,6 +14,8 @@ attributes users and batchpool set on a Future)::
                                   ``_condition`` / ``_waiters`` is first read
     _waiter_list                  created with ``_cond`` (before it), never without it
     _callbacks                    None until the first pending add_done_callback
+    _sleepers                     None, or the locks of threads sleeping in
+                                  ``result``/``exception`` while there is no Condition
 
 The private attributes the stdlib reads on any Future are emulated:
 ``_condition`` (a real ``threading.Condition``, used as a context manager and
@@ -81,9 +83,25 @@ such barrier, and the design holds for these reasons:
     non-None ``_cond`` sees a working Condition and the list.
 (e) The state values are interned module constants (never freed or rebuilt).
 
+(f) A thread that sleeps on its own lock in ``_wait`` (no Condition) is
+    woken by the transition's release of that lock, made after the fields
+    were written: the release/acquire pair orders them for the sleeper.
+
 No free-threaded build exists on the machine this was written on: this is the
 argument, not a test result. Code that writes the private fields directly must
 keep the same order (result before state), as the stdlib's own methods do.
+
+Waiting without a Condition. ``result()``/``exception()`` on a pending Future
+that has no Condition do not build one (an RLock, a deque and bound methods,
+and a Python-level ``wait``/``notify_all`` on both sides): the waiting thread
+registers a lock of its own, held, in ``_sleepers`` under the update lock and
+blocks on it; the transition releases every registered lock, under the
+update lock, before any callback runs (the stdlib wakes its waiters before
+the callbacks too). Registration and transitions take the same update lock,
+and a Condition made meanwhile takes the stripe first, so a sleeper
+registered under the stripe is seen by every later transition, whichever
+lock it takes. A waiter that finds a Condition already made waits on it, as
+in the stdlib (so a stray ``notify_all`` on it still ends a timed wait).
 
 Fork. A child forked while another thread held a stripe would inherit it
 locked forever; ``os.register_at_fork`` gives the child fresh stripes. (A
@@ -94,6 +112,7 @@ from __future__ import annotations
 
 import os
 import threading
+from _thread import allocate_lock
 from collections.abc import Callable
 from concurrent.futures import Future, _base
 from typing import Protocol, TypeVar
@@ -136,6 +155,12 @@ class _Releasable(Protocol):
     def release(self) -> None: ...
 
 
+class _Sleeper(Protocol):
+    def acquire(self, blocking: bool = ..., timeout: float = ...) -> bool: ...
+
+    def release(self) -> None: ...
+
+
 class LightFutureBase(Future[_T]):
     """The fields of a ``LightFuture``, its update lock, and its Condition made on first use.
 
@@ -149,7 +174,7 @@ class LightFutureBase(Future[_T]):
         (True, True)
     """
 
-    __slots__ = ("_callbacks", "_cond", "_exception", "_result", "_state", "_waiter_list")
+    __slots__ = ("_callbacks", "_cond", "_exception", "_result", "_sleepers", "_state", "_waiter_list")
 
     _state: str
     _result: _T | None
@@ -157,6 +182,7 @@ class LightFutureBase(Future[_T]):
     _cond: threading.Condition | None
     _waiter_list: list[_base._Waiter] | None
     _callbacks: list[Callable[[Future[_T]], object]] | None
+    _sleepers: list[_Sleeper] | None
 
     # -- the lazily made private attributes the stdlib touches -------------------
 
@@ -280,8 +306,10 @@ class LightFutureBase(Future[_T]):
             if state in _CANCELLED_STATES:
                 raise _base.CancelledError()
             if timeout is not None and timeout <= 0:
-                # Not done and told not to wait: no Condition is needed.
+                # Not done and told not to wait: nothing needs to be made.
                 raise _base.TimeoutError()
+            if self._sleep(timeout):
+                return
             cond = self._make_condition()
         with cond:
             # Checked under the Condition: a transition either finished before
@@ -298,3 +326,57 @@ class LightFutureBase(Future[_T]):
             if state == _FINISHED:
                 return
             raise _base.TimeoutError()
+
+    def _sleep(self, timeout: float | None) -> bool:
+        # Sleeps on a lock of this thread's own until a transition releases
+        # it (module docstring, "Waiting without a Condition"). Returns True
+        # once FINISHED, raises CancelledError / TimeoutError, and returns
+        # False if a Condition appeared before this thread could register (the
+        # caller then waits on it).
+        sleeper = allocate_lock()
+        sleeper.acquire()
+        lock, cond = self._acquire()
+        try:
+            state = self._state
+            registered = cond is None and state not in _DONE_STATES
+            if registered:
+                sleepers = self._sleepers
+                if sleepers is None:
+                    self._sleepers = [sleeper]
+                else:
+                    sleepers.append(sleeper)
+        finally:
+            lock.release()
+        if cond is not None and state not in _DONE_STATES:
+            return False
+        if registered:
+            woken = False
+            try:
+                woken = sleeper.acquire(True, -1 if timeout is None else timeout)
+            finally:
+                if not woken:
+                    # Timed out or interrupted: leave the list (a transition
+                    # may have taken this sleeper out meanwhile).
+                    self._unregister(sleeper)
+            state = self._state
+        if state in _CANCELLED_STATES:
+            raise _base.CancelledError()
+        if state == _FINISHED:
+            return True
+        raise _base.TimeoutError()
+
+    def _unregister(self, sleeper: _Sleeper) -> None:
+        lock, _ = self._acquire()
+        try:
+            sleepers = self._sleepers
+            if sleepers is not None and sleeper in sleepers:
+                sleepers.remove(sleeper)
+        finally:
+            lock.release()
+
+    def _wake_sleepers(self) -> None:
+        # Under the update lock, by a transition that left the Future done.
+        sleepers = self._sleepers
+        self._sleepers = None
+        for sleeper in sleepers:  # type: ignore[union-attr]  # called only when there are some
+            sleeper.release()

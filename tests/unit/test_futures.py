@@ -10,6 +10,7 @@ import asyncio
 import concurrent.futures
 import functools
 import gc
+import itertools
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ from hypothesis import strategies as st
 
 import batchpool.futures as futures_module
 from batchpool.futures import LightFuture
+from batchpool.futures_locks import LightFutureBase
 
 TIMEOUT = 30.0  # for waits that should end at once; only reached if something is broken
 FUTURES_PY = Path(futures_module.__file__).resolve()
@@ -132,8 +134,9 @@ def test_timeouts_and_cancellation_raise_the_stdlib_errors() -> None:
     with pytest.raises(concurrent.futures.TimeoutError):
         f.exception(timeout=-1)
     with pytest.raises(concurrent.futures.TimeoutError):
-        f.result(timeout=0.01)  # this one really waits, on a Condition
-    assert f._cond is not None
+        f.result(timeout=0.01)  # this one really waits, on a lock of its own
+    assert f._cond is None  # nothing built for it
+    assert not f._sleepers  # and the timed-out sleeper left the list
     f.cancel()
     with pytest.raises(CancelledError):
         f.result(timeout=0)
@@ -363,8 +366,18 @@ def test_a_thread_sleeping_in_result_is_woken(outcome: str) -> None:
     assert got == [{"result": 5, "exception": ValueError, "cancel": CancelledError}[outcome]]
 
 
-def test_result_racing_set_result_always_wakes_every_waiter(switch_often: None) -> None:
+def test_result_racing_set_result_always_wakes_every_waiter(
+    switch_often: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     rounds, waiters = 2000, 3
+    sleeps = itertools.count()
+    real_sleep = LightFutureBase._sleep
+
+    def counted_sleep(self: LightFutureBase[int], timeout: float | None) -> bool:
+        next(sleeps)
+        return real_sleep(self, timeout)
+
+    monkeypatch.setattr(LightFutureBase, "_sleep", counted_sleep)
     fs: list[LightFuture[int]] = [LightFuture() for _ in range(rounds)]
     barrier = threading.Barrier(waiters + 1, timeout=TIMEOUT)
     got: list[list[object]] = [[] for _ in range(waiters)]
@@ -392,9 +405,10 @@ def test_result_racing_set_result_always_wakes_every_waiter(switch_often: None) 
     with _running([*(functools.partial(wait, k) for k in range(waiters)), resolve], barrier):
         pass
     assert got == [list(range(rounds))] * waiters
-    # Both paths ran: some waiters found the Future done, some had to sleep.
-    slept = sum(f._cond is not None for f in fs)
-    assert slept > 0
+    # Both paths ran: some waiters found the Future done, some had to sleep
+    # (on their own locks: no Condition was built for any of them).
+    assert 0 < next(sleeps) < rounds * waiters
+    assert all(f._cond is None and not f._sleepers for f in fs)
 
 
 @pytest.mark.parametrize("rival", ["set_running", "set_result", "set_exception"])
@@ -986,3 +1000,40 @@ def test_random_operation_sequences_match_the_stdlib_future(ops: list[tuple[Any,
         assert _drive(LightFuture, ops) == _drive(Future, ops)
     finally:
         logger.disabled = disabled
+
+
+def _until(predicate: Callable[[], object]) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not predicate():
+        assert time.monotonic() < deadline, "condition never came"
+        time.sleep(0.001)
+
+
+@pytest.mark.parametrize("outcome", ["result", "cancel"])
+def test_a_sleeping_waiter_is_woken_when_a_condition_appears_meanwhile(outcome: str) -> None:
+    # A result() waiter sleeps on its own lock; then wait() builds the
+    # Condition, so the transition takes that instead of the stripe. The
+    # sleeper must be woken all the same, and the Condition's waiter too.
+    f: LightFuture[int] = LightFuture()
+    got: list[object] = []
+
+    def sleep() -> None:
+        try:
+            got.append(f.result(timeout=TIMEOUT))
+        except CancelledError as exc:
+            got.append(type(exc))
+
+    with _running([sleep]):
+        _until(lambda: f._sleepers)
+        waited: list[set[concurrent.futures.Future[int]]] = []
+        with _running([lambda: waited.append(concurrent.futures.wait([f], timeout=TIMEOUT).done)]):
+            _until(lambda: f._cond is not None and f._waiter_list)
+            if outcome == "result":
+                f.set_result(7)
+            else:
+                f.cancel()
+                # wait() hears of a cancel from the executor, as in the stdlib.
+                assert not f.set_running_or_notify_cancel()
+    assert got == [7 if outcome == "result" else CancelledError]
+    assert waited == [{f}]
+    assert not f._sleepers
