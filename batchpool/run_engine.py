@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import QueueFullError, RunFailedError
 from .run_output import RunOutput
-from .run_state import _END, _FAIL, _GONE, _OK, _RUN, _WAIT, _cancel, _Page
+from .run_state import _DROPPED, _END, _FAIL, _GONE, _OK, _RUN, _WAIT, _cancel, _Page
 from .run_store import MISSING, Op, pickle_cursor
 
 __all__ = ["SHARE_MIN_ITEMS", "RunEngine"]
@@ -216,7 +216,7 @@ class RunEngine(RunOutput):
             page.futures[idx] = None
             page.settled += 1
             if cancelled and self.stopping:
-                page.state[idx] = _GONE  # cancelled by this run's stop: no outcome
+                page.state[idx] = _DROPPED  # cancelled by this run's stop: no outcome
             elif cancelled or exc is not None:
                 if exc is None:
                     exc = CancelledError(f"item {idx} of the page at cursor {page.cursor!r} was cancelled")

@@ -26,7 +26,9 @@ from .run_store import Op, RunStore
 __all__ = ["RunProgress", "RunState"]
 
 # Item states within a page.
-_WAIT, _RUN, _OK, _FAIL, _GONE = 0, 1, 2, 3, 4
+# _GONE: done, but not in the output (its result was not kept, or came after
+# the stop); _DROPPED: cancelled by the run's stop before it ran.
+_WAIT, _RUN, _OK, _FAIL, _GONE, _DROPPED = 0, 1, 2, 3, 4, 5
 _END = object()  # the frontier after the last page
 
 
@@ -229,6 +231,11 @@ class RunState:
 
     def _page_done_locked(self, page: _Page) -> None:
         self.running_pages -= 1
+        if _DROPPED in page.state:
+            # Items the stop cancelled never ran: the page is not done, and a
+            # resumed run runs them (those that finished are recorded each).
+            self._cv_keep.notify_all()
+            return
         self.pages_done += 1
         if self.store is not None:
             self.writes.append(("done", page.seq))

@@ -568,3 +568,31 @@ def test_stats_and_the_dashboard_show_a_run_in_progress() -> None:
             release.set()
             assert sorted(run) == [0, 1, 2, 3]
         assert ex.stats().runs == {} or ex.stats().runs["backfill"].finished
+
+
+def test_a_page_whose_items_the_stop_cancelled_is_not_recorded_done(tmp_path: Path) -> None:
+    # The pool's one thread is held by another job, so the page's items wait
+    # in the queue when the run is closed, and the close cancels them: the
+    # page settles with no item run. It must not be recorded done, or a
+    # resumed run would skip items that never ran.
+    db = tmp_path / "runs.db"
+    release = threading.Event()
+    ran: list[int] = []
+
+    def record(x: int) -> int:
+        ran.append(x)
+        return x
+
+    with BatchPoolExecutor(max_workers=1, backend="thread") as pool:
+        blocker = pool.submit(release.wait, 30)
+        wait_until(blocker.running, what="the blocker to run")
+        with pool.map_pages(pages_of(1, 3), record, 0, run_id="r", store=db):
+            wait_until(lambda: pool.stats().queued == 3, what="the page's items to queue")
+        release.set()
+    assert ran == []
+    with RunStore(db) as store:
+        assert store.pages_done("r") == []
+    with BatchPoolExecutor(max_workers=1, backend="thread") as pool:
+        with pool.map_pages(pages_of(1, 3), record, 0, run_id="r", store=db, ordered=True) as again:
+            assert list(again) == [0, 1, 2]
+    assert ran == [0, 1, 2]
