@@ -39,7 +39,7 @@ from .compat import StdlibCompat
 from .control import PoolControl
 from .durable import Durable, DurableMixin
 from .errors import QueueFullError, ShutdownError
-from .jobs import BATCHED, BATCHED_BISECT, CALLS, Batch, Job, is_batched
+from .jobs import BATCHED, BATCHED_BISECT, CALLS, Batch, Job
 from .ledger import Ledger
 from .lifecycle import WeakStats, register_backend, shutdown_unreferenced
 from .mapping import MapMixin
@@ -68,6 +68,7 @@ R = TypeVar("R")
 _ON_FULL = ("block", "raise", "caller_runs")
 _PAUSED = Phase.PAUSED  # a module constant: submit compares with it on every call
 logger = logging.getLogger("batchpool")
+
 
 class BatchPoolExecutor(
     PoolControl, OptionsMixin, MapMixin, DurableMixin, SharedArraysMixin, SignalsMixin, StdlibCompat, Executor
@@ -287,7 +288,8 @@ class BatchPoolExecutor(
             raise refusal
         if opts is None:
             opts = self._default_opts
-        if kind == CALLS and is_batched(fn):
+        # is_batched(fn), inline: every submit asks.
+        if kind == CALLS and getattr(fn, "__batchpool_batched__", False) is True:
             if len(args) != 1 or kwargs:
                 raise TypeError(
                     f"{getattr(fn, '__qualname__', fn)!r} is @batched: submit it with exactly one item, "
@@ -346,7 +348,7 @@ class BatchPoolExecutor(
         if not self._ledger.claim(batch):
             return
         attempt = job.attempt
-        (ok, value), = run_batch(job.fn, job.kind, [(job.args, job.kwargs)], identity)
+        ((ok, value),) = run_batch(job.fn, job.kind, [(job.args, job.kwargs)], identity)
         if ok:
             self._ledger.succeed(job, value, attempt)
         else:

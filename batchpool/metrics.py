@@ -59,15 +59,14 @@ class Histogram:
         self.total = 0.0
         self.max = 0.0
 
-    @staticmethod
-    def _index(value: float) -> int:
-        if value <= _BASE:
-            return 0
-        return min(_NBUCKETS - 1, int(math.log2(value / _BASE) * _BUCKETS_PER_DOUBLING) + 1)
-
     def add(self, value: float, weight: int = 1) -> None:
         """Record ``value`` (seconds) ``weight`` times."""
-        self.counts[self._index(value)] += weight
+        # The bucket is computed inline (no helper call): this runs a few
+        # times per batch, on the worker's path back to idle.
+        if value <= _BASE:
+            self.counts[0] += weight
+        else:
+            self.counts[min(_NBUCKETS - 1, int(math.log2(value / _BASE) * _BUCKETS_PER_DOUBLING) + 1)] += weight
         self.count += weight
         self.total += value * weight
         if value > self.max:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import enum
 import threading
 from collections.abc import Callable
+from typing import Protocol
 
 from .errors import ShutdownError
 
@@ -59,6 +60,11 @@ class Phase(enum.IntEnum):
 # Module constants: an enum member looked up on its class costs a dict walk
 # per access before Python 3.12, and ``submit`` compares on every call.
 _PAUSED = Phase.PAUSED
+
+
+class _Notifiable(Protocol):
+    def notify_all(self) -> None: ...
+
 
 _LEGAL: dict[Phase, frozenset[Phase]] = {
     Phase.RUNNING: frozenset({Phase.PAUSED, Phase.CLOSING, Phase.BROKEN, Phase.ABORTED}),
@@ -97,7 +103,7 @@ class PoolState:
         #: a lock its own thread may hold): new jobs are refused from that
         #: instant; the real transition to CLOSING follows on another thread.
         self.close_requested = False
-        self._conditions: list[threading.Condition] = []
+        self._conditions: list[_Notifiable] = []
         self._watchers: list[Callable[[], None]] = []
 
     def condition(self) -> threading.Condition:
@@ -105,6 +111,10 @@ class PoolState:
         cond = threading.Condition(self.lock)
         self._conditions.append(cond)
         return cond
+
+    def notify_on_transition(self, waitable: _Notifiable) -> None:
+        """Call ``waitable.notify_all()``, under the lock, on every transition (as a ``condition()`` is)."""
+        self._conditions.append(waitable)
 
     def watch(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` (outside the lock; it must not block) after every transition."""

@@ -43,6 +43,7 @@ from ..ledger import Ledger
 from ..metrics import Metrics
 from ..options import PoolConfig
 from ..runner import identity, run_batch, run_one
+from ..state import Phase
 from .base import Backend, logger
 
 __all__ = ["STEAL_AFTER", "ThreadBackend"]
@@ -52,6 +53,7 @@ __all__ = ["STEAL_AFTER", "ThreadBackend"]
 STEAL_AFTER = 0.001
 
 _pool_numbers = itertools.count()
+_BROKEN = Phase.BROKEN  # compared after every batch: no property call for it
 
 
 #: A job's outcome not settled yet: (job, attempt, ok, value or exception).
@@ -139,7 +141,7 @@ class ThreadBackend(Backend):
 
     def _stop(self) -> bool:
         state = self.state
-        calm = not self._abandoned and not self._retired and not state.stopped
+        calm = not self._abandoned and not self._retired and state.phase < _BROKEN
         if calm and len(self._threads) <= state.target_workers:
             return False  # the usual answer, asked after every batch: no thread lookup for it
         me = threading.current_thread()
@@ -169,11 +171,12 @@ class ThreadBackend(Backend):
                 logging.getLogger("concurrent.futures").critical("Exception in initializer:", exc_info=True)
                 self._initializer_failed()
                 return
+        me = threading.current_thread()
         while True:
             batch = self.batcher.take_wait(stop=self._stop, steal=self._steal)
             if batch is None:
                 return
-            self._run(batch)
+            self._run(batch, me)
             # Drop the batch before waiting again: it holds the callable and the
             # arguments, which the user expects to be freed once a job is done.
             del batch
@@ -183,39 +186,38 @@ class ThreadBackend(Backend):
 
     # -- running --------------------------------------------------------------------------
 
-    def _run(self, batch: Batch) -> None:
+    def _run(self, batch: Batch, me: threading.Thread) -> None:
         if not self.ledger.claim(batch):
             return
         batch.mark_dispatched()
-        wait = batch.t_dispatch - batch.mean_submit if batch.fresh else None
-        self.metrics.batch_sent(len(batch.jobs), batch.reason, wait)
-        me = threading.current_thread()
         self._busy.add(me)
         t0 = time.perf_counter()
         last: _Outcome | None = None
-        if batch.kind in BATCHED_KINDS:
-            ran = self._run_batched(batch)
-        else:
-            ran, last = self._run_calls(batch, me)
-        run_time = time.perf_counter() - t0
-        self._busy.discard(me)
-        batch.jobs = ran  # the jobs this thread ran (others were taken, or given back)
-        if last is None:
-            self.ledger.finish(batch, run_time)
-            return
-        # The last outcome is settled after the bookkeeping: whoever waits for
-        # it needs the GIL, and this thread lets it go only once it is idle.
         try:
-            self.ledger.timed(batch, run_time)
+            if batch.kind in BATCHED_KINDS:
+                ran = self._run_batched(batch, me)
+            else:
+                ran, last = self._run_calls(batch, me)
+            run_time = time.perf_counter() - t0
+            batch.jobs = ran  # the jobs this thread ran (others were taken, or given back)
+            batch.mark_done(run_time)
+            if last is not None:
+                # Settled before the bookkeeping: the caller waiting for it
+                # needs a wake-up, which takes longer than the bookkeeping, and
+                # then the GIL, which this thread lets go once it is idle. The
+                # bookkeeping runs while that caller wakes, off its path.
+                job, attempt, ok, value = last
+                del last  # the outcome is the caller's now: this frame must not keep it alive
+                if ok:
+                    self.ledger.succeed(job, value, attempt)
+                else:
+                    self.ledger.fail(job, value, attempt=attempt)
+                del job, value
         finally:
-            self._settle(*last)
-            self.ledger.finish(batch, None)
-
-    def _settle(self, job: Job, attempt: int, ok: bool, value: Any) -> None:
-        if ok:
-            self.ledger.succeed(job, value, attempt)
-        else:
-            self.ledger.fail(job, value, attempt=attempt)
+            self._busy.discard(me)
+        wait = batch.t_dispatch - batch.mean_submit if batch.fresh else None
+        self.metrics.batch_sent(len(batch.jobs), batch.reason, wait)
+        self.ledger.finish(batch, run_time)
 
     def _run_calls(self, batch: Batch, me: threading.Thread) -> tuple[list[Job], _Outcome | None]:
         """Run the batch's jobs in order, settling each as it returns, except the last (returned)."""
@@ -263,9 +265,8 @@ class ThreadBackend(Backend):
             self._runs.discard(run)
         return ran, None
 
-    def _run_batched(self, batch: Batch) -> list[Job]:
+    def _run_batched(self, batch: Batch, me: threading.Thread) -> list[Job]:
         jobs = batch.jobs
-        me = threading.current_thread()
         attempts = [job.attempt for job in jobs]
         timeout = jobs[0].opts.timeout
         if timeout is not None:

@@ -142,6 +142,10 @@ class LaneTable:
         """The batching limits of one key: (max_batch_size, max_delay)."""
         return self.policies.get(key, (self.max_batch_size, self.max_delay))
 
+    def never_lingers(self) -> bool:
+        """No lane waits for batch-mates: neither the default nor any key's policy has a ``max_delay``."""
+        return self.max_delay == 0 and all(delay == 0 for _, delay in self.policies.values())
+
     def lane(self, key: tuple[Any, ...], job: Job) -> Lane:
         """The lane of ``key``, made if needed, and marked active (it is about to get a job)."""
         lane = self.lanes.get(key)

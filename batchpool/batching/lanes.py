@@ -43,11 +43,16 @@ from ..options import Priority
 from ..state import Phase, PoolState
 from .lane import AGE_STEP, LaneTable, candidates, lane_key
 from .limits import KeyLimits, Unlimited
+from .parking import Parking
 from .sizing import Sizer, timing_key
 
 __all__ = ["AGE_STEP", "Batcher", "lane_key"]
 
-_PAUSED = Phase.PAUSED  # a module constant: submit compares with it on every call
+_PAUSED = Phase.PAUSED  # module constants: submit compares with them on every call
+_RUNNING = Phase.RUNNING
+_CLOSING = Phase.CLOSING
+_BROKEN = Phase.BROKEN
+_REALTIME = Priority.REALTIME
 
 
 class Batcher:
@@ -93,7 +98,11 @@ class Batcher:
         # One lock for lanes, counters and the pool's lifecycle; every critical
         # section is a few dict/deque operations, and no user code runs under it.
         self._lock = self.state.lock
-        self._cond = self.state.condition()  # idle worker threads wait here
+        # Idle worker threads park here (``batching.parking``), woken on every
+        # pool transition as a condition of the state would be.
+        self._parking = Parking(self._lock)
+        self._parked = self._parking.parked  # the same deque, read on every put
+        self.state.notify_on_transition(self._parking)
         self._space = self.state.condition()  # blocked submitters wait here
         self._table = LaneTable(max_batch_size, max_delay, timing_key)  # the lanes (``batching.lane``)
         self._delayed: list[tuple[float, int, Job]] = []  # heap of retries by ready time
@@ -110,8 +119,10 @@ class Batcher:
         #: manager); never with threads waiting in ``take_wait``, which could
         #: begin to wait just as a job went into the inbox.
         self.lock_free_put = False
-        self._waiters = 0  # threads blocked in take_wait(); read without the lock
         self._space_waiters = 0
+        # A job may go straight to a parked thread (``put``) only while no lane
+        # may linger: one that did would have waited for batch-mates.
+        self._hand_offs = self._table.never_lingers()
         self._keys = KeyLimits()  # per-key limits (``batching.limits``); under ``_lock``
         self._limits = self._keys.limits  # the same dict, read on every take
         #: Job id -> the slot it holds (``KeyLimits.holding``, the same dict).
@@ -125,6 +136,7 @@ class Batcher:
         """Batching limits for the lane(s) of one key, instead of the defaults."""
         with self._lock:
             self._table.set_policy(key, max_batch_size, max_delay)
+            self._hand_offs = self._table.never_lingers()
 
     def policy(self, key: Hashable) -> tuple[int, float]:
         """The batching limits of one key: (max_batch_size, max_delay)."""
@@ -152,7 +164,7 @@ class Batcher:
         """
         with self._lock:
             self._keys.change(key, self._clock(), max_concurrency=max_concurrency, rate_limit=rate_limit, ramp=ramp)
-            self._cond.notify_all()  # a raised limit may let waiting lanes go
+            self._parking.notify_all()  # a raised limit may let waiting lanes go
 
     def is_limited(self, job: Job) -> bool:
         """The job's key has a concurrency or rate limit (read without the lock: a hint)."""
@@ -161,8 +173,8 @@ class Batcher:
     def job_done(self, job: Job) -> None:
         """A job cut from a limited lane has finished: free its slot (the ledger calls this)."""
         with self._lock:
-            if self._keys.release(job.id) and self._waiters:
-                self._cond.notify()
+            if self._keys.release(job.id) and self._parked:
+                self._parking.notify()
 
     def key_limits(self) -> dict[Hashable, tuple[int, int | None, float | None, float, int]]:
         """Per limited key: (running, max_concurrency, rate limit now, starts in the last second, waiting)."""
@@ -181,6 +193,23 @@ class Batcher:
             RuntimeError (or the error given to ``close``): the batcher is closed.
         """
         state = self.state
+        if (
+            self._parked
+            and not self._pending
+            and self._hand_offs
+            and not self._limits
+            and job.kind == CALLS
+            and state.phase == _RUNNING
+            and not state.close_requested
+        ):
+            # An idle thread and nothing queued: the job goes to the thread
+            # directly, past the lanes (``batching.parking``). Nothing is
+            # queued, so no other job is overtaken, and the lane would have
+            # been cut at once for the free thread anyway.
+            if job.opts.priority == _REALTIME:
+                self.sizer.last_realtime = job.t_submit
+            if self._parking.hand_off(job):
+                return True
         if self.lock_free_put and self.max_pending is None:
             # The lock was taken by every submit and by the consumer on every
             # batch, and under the GIL each contention cost two thread switches
@@ -244,7 +273,8 @@ class Batcher:
     def submitted(self) -> int:
         """The user's jobs ever accepted by ``put`` (a map chunk counts its items); no lock taken."""
         waiting = list(self._inbox)  # a snapshot (a job moving to its lane meanwhile may count twice, briefly)
-        return self._submitted + sum(1 if job.kind == CALLS else items_of(job) for job in waiting)
+        inbox = sum(1 if job.kind == CALLS else items_of(job) for job in waiting)
+        return self._submitted + inbox + self._parking.handed
 
     def put_delayed(self, job: Job, delay: float) -> None:
         """Queue a job again after ``delay`` seconds (a retry; never refused)."""
@@ -253,7 +283,7 @@ class Batcher:
                 self._keys.release(job.id)
             heapq.heappush(self._delayed, (self._clock() + delay, next(self._seq), job))
             self._pending += 1
-            self._cond.notify()
+            self._parking.notify()
 
     def put_back(self, jobs: list[Job]) -> None:
         """Return jobs that were taken but never started to the front of their lanes.
@@ -267,16 +297,16 @@ class Batcher:
                     self._keys.release(job.id)
                 self._table.lane(lane_key(job), job).jobs.appendleft(job)
                 self._pending += 1
-            if self._waiters:
-                self._cond.notify(len(jobs))
+            if self._parked:
+                self._parking.notify(len(jobs))
 
     def _queue_locked(self, key: tuple[Any, ...], job: Job) -> None:
         if key[0] == Priority.REALTIME:
             self.sizer.last_realtime = job.t_submit
         self._table.lane(key, job).jobs.append(job)
         self._pending += 1
-        if self._waiters:
-            self._cond.notify()
+        if self._parked:
+            self._parking.notify()
 
     @property
     def max_batch_size(self) -> int:
@@ -306,7 +336,7 @@ class Batcher:
     @property
     def waiters(self) -> int:
         """Worker threads blocked in ``take_wait`` (idle), for spawn decisions."""
-        return self._waiters
+        return len(self._parked)
 
     def depths(self) -> dict[str, int]:
         """Jobs waiting per lane, labelled 'PRIORITY/key' (a snapshot)."""
@@ -349,30 +379,49 @@ class Batcher:
         from a busy thread instead, or when to ask again. Returns None when
         the pool is closing and nothing is queued, or ``stop()`` is true.
         """
+        state = self.state  # its phase is compared directly below: a property call each is this thread's idle path
         with self._lock:
             while True:
-                if stop() or self.state.stopped:
+                if stop() or state.phase >= _BROKEN:
                     return None
                 now = self._clock()
-                batch = self._take_locked(self.max_batch_size, self._waiters + 1, False, 1, now)
-                if batch is not None:
-                    return batch
+                if self._pending or self._inbox:
+                    batch = self._take_locked(self._table.max_batch_size, len(self._parked) + 1, False, 1, now)
+                    if batch is not None:
+                        return batch
                 retry_at = None
-                if steal is not None and not self.state.paused:
+                if steal is not None and state.phase != _PAUSED:
                     batch, retry_at = steal(now)
                     if batch is not None:
                         return batch
-                if self.state.closing and not self._pending:
-                    self._cond.notify_all()  # let the other idle threads see it too
-                    return None
-                deadline = self._next_deadline_locked()
+                if not self._pending:
+                    if state.phase >= _CLOSING:
+                        self._parking.notify_all()  # let the other idle threads see it too
+                        return None
+                    deadline = None
+                else:
+                    deadline = self._next_deadline_locked()
                 if retry_at is not None:
                     deadline = retry_at if deadline is None else min(deadline, retry_at)
-                self._waiters += 1
-                try:
-                    self._cond.wait(None if deadline is None else max(0.0, deadline - now))
-                finally:
-                    self._waiters -= 1
+                job = self._parking.wait(None if deadline is None else deadline - now)
+                if job is not None:
+                    batch = self._handed_locked(job)
+                    if batch is not None:
+                        return batch
+
+    def _handed_locked(self, job: Job) -> Batch | None:
+        """The batch of one job handed to this thread by ``put``; None if it must queue after all.
+
+        The thread that got it takes it, whatever happened meanwhile (the job
+        is in no lane, so nothing else would): only a pause made since sends
+        it to its lane, to wait with the rest.
+        """
+        if self.state.phase == _PAUSED:
+            self._queue_locked(lane_key(job), job)
+            return None
+        batch = Batch([job], "free worker", timing_key(job.fn, job.kind))
+        batch.fresh = True
+        return batch
 
     def _take_locked(self, max_jobs: int, idle: int, prefetch: bool, workers: int, now: float) -> Batch | None:
         if self._inbox:
@@ -474,7 +523,7 @@ class Batcher:
         """
         with self._lock:
             removed = self._drain_locked(started=False)
-            self._cond.notify_all()
+            self._parking.notify_all()
             self._space.notify_all()
         return removed
 
@@ -482,7 +531,7 @@ class Batcher:
         """Remove and return every queued job, retries included (a dying pool fails them)."""
         with self._lock:
             removed = self._drain_locked(started=True)
-            self._cond.notify_all()
+            self._parking.notify_all()
             self._space.notify_all()
         return removed
 
@@ -503,12 +552,12 @@ class Batcher:
     def wake_all(self) -> None:
         """Wake every thread blocked in ``take_wait`` (so it re-checks ``stop``)."""
         with self._lock:
-            self._cond.notify_all()
+            self._parking.notify_all()
 
     def wake_one(self) -> None:
         """Wake one thread blocked in ``take_wait`` (there is work it may take)."""
         with self._lock:
-            self._cond.notify()
+            self._parking.notify()
 
     @property
     def closed(self) -> bool:
