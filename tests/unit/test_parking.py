@@ -1,0 +1,157 @@
+"""Idle threads parked on their own locks, and the direct hand-off of a job to one (``batching.parking``)."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+
+from batchpool.batching import Batcher
+from batchpool.batching.parking import Parking
+from batchpool.jobs import Batch, Job
+from batchpool.state import Phase
+from tests.helpers import wait_until
+
+TIMEOUT = 30.0
+
+
+def job(fn: object = abs) -> Job:
+    return Job(fn, (1,), None)  # type: ignore[arg-type]
+
+
+class _Taker:
+    """One thread in ``take_wait`` on a Batcher; ``batch`` is what it got."""
+
+    def __init__(self, b: Batcher) -> None:
+        self.b = b
+        self.stop = False
+        self.batches: list[Batch | None] = []
+        self.thread = threading.Thread(target=self._take, daemon=True)
+        self.thread.start()
+
+    def _take(self) -> None:
+        self.batches.append(self.b.take_wait(stop=lambda: self.stop))
+
+    def join(self) -> Batch | None:
+        self.thread.join(TIMEOUT)
+        assert not self.thread.is_alive(), "take_wait never returned"
+        return self.batches[0]
+
+
+# -- Parking on its own --------------------------------------------------------------------
+
+
+def test_a_hand_off_reaches_the_parked_thread_and_a_notify_wakes_it_empty_handed() -> None:
+    lock = threading.Lock()
+    parking = Parking(lock)
+    got: list[Any] = []
+
+    def park() -> None:
+        with lock:
+            got.append(parking.wait(TIMEOUT))
+            got.append(parking.wait(TIMEOUT))
+
+    t = threading.Thread(target=park, daemon=True)
+    t.start()
+    wait_until(lambda: len(parking.parked) == 1, what="the thread to park")
+    assert parking.hand_off("a job")  # type: ignore[arg-type]
+    wait_until(lambda: len(got) == 1 and len(parking.parked) == 1, what="the thread to park again")
+    with lock:
+        parking.notify()
+    t.join(TIMEOUT)
+    assert got == ["a job", None]
+    assert parking.handed == 1 and not parking.parked
+
+
+def test_a_timed_wait_that_ends_leaves_the_parking() -> None:
+    lock = threading.Lock()
+    parking = Parking(lock)
+    with lock:
+        assert parking.wait(0.001) is None
+    assert not parking.parked
+    assert not parking.hand_off("a job")  # type: ignore[arg-type]  # nobody to take it
+
+
+def test_a_hand_off_racing_a_timeout_is_not_lost() -> None:
+    # The thread's timed wait ends just as a hand-off pops it: it is no
+    # longer in the parking, so the release is certain and the job is its.
+    lock = threading.Lock()
+    parking = Parking(lock)
+
+    class RacingLock:
+        """A spot lock whose timed acquire times out while a hand-off pops the spot."""
+
+        released = 0
+
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            if timeout != -1:
+                assert parking.hand_off("raced job")  # type: ignore[arg-type]
+                return False
+            assert self.released == 1  # the blocking acquire after it consumes that release
+            return True
+
+        def release(self) -> None:
+            self.released += 1
+
+    spot = parking._local.spot = type("Spot", (), {"lock": RacingLock(), "job": None, "handed": 0})()
+    parking._spots.append(spot)
+    with lock:
+        assert parking.wait(5.0) == "raced job"
+    assert not parking.parked and spot.job is None
+
+
+# -- the Batcher's hand-off -----------------------------------------------------------------
+
+
+def test_a_job_put_while_a_thread_is_idle_goes_straight_to_it() -> None:
+    b = Batcher(max_batch_size=8, max_delay=0)
+    taker = _Taker(b)
+    wait_until(lambda: b.waiters == 1, what="the thread to park")
+    j = job()
+    assert b.put(j)
+    assert b.submitted == 1 and b.pending == 0  # counted at once, and never in a lane
+    batch = taker.join()
+    assert batch is not None and batch.jobs == [j] and batch.reason == "free worker" and batch.fresh
+    assert b.depths() == {}
+
+
+@pytest.mark.parametrize("setup", ["linger", "limit", "paused", "retry waiting"])
+def test_no_hand_off_when_it_could_change_what_runs_first(setup: str) -> None:
+    b = Batcher(max_batch_size=8, max_delay=30.0 if setup == "linger" else 0)
+    if setup == "limit":
+        b.set_limit(abs, max_concurrency=1)
+    if setup == "paused":
+        b.state.pause()
+    if setup == "retry waiting":
+        b.put_delayed(job(round), 30.0)  # queued: a later job must not be handed past it
+    taker = _Taker(b)
+    wait_until(lambda: b.waiters == 1, what="the thread to park")
+    later = job()
+    b.put(later)
+    assert b._parking.handed == 0
+    if setup in ("limit", "retry waiting"):
+        batch = taker.join()  # woken by the put, it takes the job from its lane
+        assert batch is not None and batch.jobs == [later]
+        return
+    assert b.pending == 1  # lingering, or paused: it waits in its lane
+    taker.stop = True
+    b.wake_all()
+    assert taker.join() is None
+
+
+def test_a_job_handed_off_just_before_a_pause_waits_in_its_lane() -> None:
+    b = Batcher(max_batch_size=8, max_delay=0)
+    taker = _Taker(b)
+    wait_until(lambda: b.waiters == 1, what="the thread to park")
+    with b.state.lock:
+        # The hand-off needs no lock; the pause lands before the woken
+        # thread gets the lock back (set as PoolState._move would).
+        j = job()
+        assert b.put(j)
+        b.state.phase = Phase.PAUSED
+    wait_until(lambda: b.pending == 1 and b.waiters == 1, what="the job to go to its lane")
+    assert b.submitted == 1
+    b.state.resume()
+    batch = taker.join()
+    assert batch is not None and batch.jobs == [j]
