@@ -3,9 +3,14 @@
 Imports ``batchpool.stats`` only (rich is the dashboard's business).
 
 Recording is O(1) per batch: a batch of n jobs adds its mean queue wait and
-mean run time to the histograms with weight n, bumps a few counters under one
-short lock (never one that ``submit`` waits on), and drops n completions into
-the current one-second bucket. ``Metrics.snapshot`` turns that into a frozen
+mean run time to the histograms with weight n, bumps a few counters, and drops
+n completions into the current one-second bucket. The per-batch figures
+(``batch_sent``, ``batch_done``, ``results``) are not applied where they are
+recorded: each is one tuple appended to a deque (atomic, no lock), and the
+tuples are folded into the counters under the lock by the next snapshot, or
+once ``_FOLD_AT`` of them wait. A worker thread going idle after a batch, with
+its caller waiting for the GIL, then pays three appends instead of three
+locked updates; a snapshot folds first, so what it shows is never behind. ``Metrics.snapshot`` turns that into a frozen
 ``Stats`` (the records are in ``batchpool.stats``); the dashboard, the
 Prometheus exporter and ``ex.stats()`` only ever read snapshots. The
 Prometheus format itself lives in ``batchpool.prometheus``.
@@ -34,6 +39,9 @@ _BUCKETS_PER_DOUBLING = 4
 _BASE = 1e-6
 _NBUCKETS = 4 * 40  # up to about 10^6 seconds
 _WINDOW = 60  # seconds of one-second completion buckets kept
+_FOLD_AT = 512  # per-batch figures queued before the recording thread folds them itself
+# The kinds of queued figures (first field of each tuple).
+_SENT, _DONE, _RESULTS = 0, 1, 2
 #: Upper bounds of the cumulative buckets a snapshot exports: one per doubling,
 #: from 1 us to about 134 s. Each is a bound of the fine buckets as well
 #: (every fourth), so a cumulative count is exact, not interpolated.
@@ -158,6 +166,7 @@ class Metrics:
         self._errors: deque[tuple[bool, str]] = deque(maxlen=8)  # (final, text)
         self._listeners = _Listeners()
         self._procs: dict[int, Any] = {}  # psutil.Process per pid, for CPU deltas
+        self._figures: deque[tuple[Any, ...]] = deque()  # per-batch figures not folded yet (module docstring)
 
     # -- recording (backends) ------------------------------------------------------
 
@@ -167,28 +176,55 @@ class Metrics:
         ``mean_wait`` is the jobs' mean wait since submit; None for a batch
         sent again (split, given back), whose jobs' wait was counted already.
         """
-        with self._lock:
-            self._batches += 1
-            self._flush[reason] += 1
-            self._sizes[1 << max(0, size - 1).bit_length()] += 1
-            self._size_total += size
-            if mean_wait is not None:
-                self._queue_wait.add(mean_wait, size)
+        figures = self._figures
+        figures.append((_SENT, size, reason, mean_wait))
+        if len(figures) >= _FOLD_AT:
+            self._fold()
 
     def results(self, ok: int) -> None:
         """``ok`` jobs returned a result."""
-        with self._lock:
-            self._completed += ok
-            self._count_settled(ok)
+        figures = self._figures
+        figures.append((_RESULTS, ok, self._clock()))
+        if len(figures) >= _FOLD_AT:
+            self._fold()
 
     def batch_done(self, jobs: int, run_time: float, mean_end_to_end: float, info: Any = None) -> None:
         """A batch of ``jobs`` finished after ``run_time`` seconds in its worker."""
         if jobs:
-            with self._lock:
-                self._run_time.add(run_time / jobs, jobs)
-                self._end_to_end.add(mean_end_to_end, jobs)
+            figures = self._figures
+            figures.append((_DONE, jobs, run_time, mean_end_to_end))
+            if len(figures) >= _FOLD_AT:
+                self._fold()
         if self._listeners.on_batch_done:
             self._emit(self._listeners.on_batch_done, info)
+
+    def _fold(self) -> None:
+        with self._lock:
+            self._fold_locked()
+
+    def _fold_locked(self) -> None:
+        figures = self._figures
+        while figures:
+            try:
+                figure = figures.popleft()
+            except IndexError:  # folded by another thread meanwhile
+                return
+            kind = figure[0]
+            if kind == _RESULTS:
+                self._completed += figure[1]
+                self._count_settled(figure[1], figure[2])
+            elif kind == _DONE:
+                _, jobs, run_time, mean_end_to_end = figure
+                self._run_time.add(run_time / jobs, jobs)
+                self._end_to_end.add(mean_end_to_end, jobs)
+            else:
+                _, size, reason, mean_wait = figure
+                self._batches += 1
+                self._flush[reason] += 1
+                self._sizes[1 << max(0, size - 1).bit_length()] += 1
+                self._size_total += size
+                if mean_wait is not None:
+                    self._queue_wait.add(mean_wait, size)
 
     def job_failed(self, job_id: int, exc: BaseException, *, final: bool, timed_out: bool = False) -> None:
         """A run failed; ``final``: no retry follows, its Future fails."""
@@ -229,12 +265,27 @@ class Metrics:
         if self._listeners.on_worker_died:
             self._emit(self._listeners.on_worker_died, pid, exitcode)
 
-    def _count_settled(self, n: int) -> None:
-        second = int(self._clock())
-        if self._seconds and self._seconds[-1][0] == second:
-            self._seconds[-1] = (second, self._seconds[-1][1] + n)
-        else:
-            self._seconds.append((second, n))
+    def _count_settled(self, n: int, when: float | None = None) -> None:
+        second = int(self._clock() if when is None else when)
+        seconds = self._seconds
+        # Queued results are folded after later ones were counted directly
+        # (failures), so a second may already have its bucket, or a later one.
+        for i in range(len(seconds) - 1, -1, -1):
+            at, count = seconds[i]
+            if at == second:
+                seconds[i] = (second, count + n)
+                return
+            if at < second:
+                if i == len(seconds) - 1:
+                    seconds.append((second, n))  # the usual case (a full deque drops its oldest)
+                else:
+                    if len(seconds) == seconds.maxlen:
+                        seconds.popleft()
+                        i -= 1
+                    seconds.insert(i + 1, (second, n))
+                return
+        if len(seconds) != seconds.maxlen:  # older than every second kept: outside the window otherwise
+            seconds.appendleft((second, n))
 
     # -- listeners -------------------------------------------------------------------
 
@@ -276,6 +327,7 @@ class Metrics:
         """A frozen copy of the current numbers (cheap; safe from any thread)."""
         now = self._clock()
         with self._lock:
+            self._fold_locked()
             completed, failed, cancelled = self._completed, self._failed, self._cancelled
             seconds = list(self._seconds)
             queue_wait = self._queue_wait.summary()

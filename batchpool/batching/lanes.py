@@ -108,6 +108,9 @@ class Batcher:
         self._delayed: list[tuple[float, int, Job]] = []  # heap of retries by ready time
         self._seq = itertools.count()
         self._estimates = self.sizer.estimates  # the same dict (tests seed it)
+        # Run times recorded without the lock, fed to the sizer by the next
+        # look at the lanes (``record``).
+        self._timings: deque[tuple[Hashable, int, float]] = deque()
         self._pending = 0  # queued jobs, delayed ones included
         self._submitted = 0  # the user's jobs moved into the lanes (a map chunk counts its items)
         # Jobs put without the lock, in arrival order, not in their lanes yet:
@@ -428,6 +431,8 @@ class Batcher:
             self._absorb_locked()
         if not self._pending:
             return None  # nothing queued, nor waiting for a retry: an idle pool's threads ask often
+        if self._timings:
+            self._feed_timings_locked()
         if self.state.phase != Phase.RUNNING and not self.state.closing:
             return None  # paused: queued work waits (retry backoffs still count down)
         if self._delayed and self._delayed[0][0] <= now:
@@ -480,14 +485,26 @@ class Batcher:
             >>> b.record("f", 2, 0.02); b.estimate("f")  # 100x slower per job: believed at once
             (0.01, 2)
         """
-        if jobs <= 0:
-            return
-        with self._lock:
-            self.sizer.record(key, jobs, seconds)
+        if jobs > 0:
+            # Queued, not applied: the thread recording it is on its way back
+            # to idle, often with a caller waiting for the GIL. Estimates are
+            # only read under the lock, which feeds the queue in first.
+            timings = self._timings
+            timings.append((key, jobs, seconds))
+            if len(timings) >= 512:  # an idle pool's hand-offs never look at the lanes: bound it
+                with self._lock:
+                    self._feed_timings_locked()
+
+    def _feed_timings_locked(self) -> None:
+        timings, record = self._timings, self.sizer.record
+        while timings:
+            record(*timings.popleft())  # only ever popped under the lock
 
     def estimate(self, key: Hashable) -> tuple[float, int] | None:
         """Seconds per job and the largest batch measured, for a timing key (None: never timed)."""
         with self._lock:
+            if self._timings:
+                self._feed_timings_locked()
             return self.sizer.estimates.get(key)
 
     def next_deadline(self) -> float | None:

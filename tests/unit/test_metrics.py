@@ -93,3 +93,31 @@ def test_recent_errors_say_which_were_retried_and_which_final() -> None:
     s = m.snapshot()
     assert s.recent_errors_final == [False, True, True]
     assert "job 1: ConnectionError: hiccup" in s.recent_errors[0]
+
+
+def test_queued_figures_fold_in_order_with_failures_counted_at_once() -> None:
+    # Results are queued and folded by the snapshot; a failure is counted at
+    # once. A result from an earlier second folded after a later failure still
+    # lands in its own second, and the window never holds one second twice.
+    now = [1000.5]
+    m = Metrics(clock=lambda: now[0])
+    m.results(3)  # second 1000, queued
+    now[0] = 1002.5
+    m.job_failed(1, ValueError("x"), final=True)  # second 1002, counted at once
+    now[0] = 1001.5
+    m.results(2)  # second 1001 (a clock read before the failure's), queued
+    m.batch_sent(5, "size", 0.001)
+    m.batch_done(5, 0.005, 0.002)
+    now[0] = 1003.0
+    s = m.snapshot()
+    assert (s.completed, s.failed, s.batches) == (5, 1, 1)
+    assert s.history[-3:] == [3, 2, 1]
+    assert s.run_time.count == 5 and s.queue_wait.count == 5
+
+
+def test_the_recording_thread_folds_once_enough_figures_wait() -> None:
+    m = Metrics()
+    for _ in range(2000):
+        m.results(1)
+    assert len(m._figures) < 600  # bounded without any snapshot
+    assert m.snapshot().completed == 2000
