@@ -247,6 +247,8 @@ class BatchPoolExecutor(
             ...     ex.submit(divmod, 7, 2).result(timeout=10)
             (3, 1)
         """
+        if self._signals is None:  # no signal handlers installed (the usual case): one call less
+            return self._enqueue(fn, args, kwargs, CALLS, None)
         return self._submit(fn, args, kwargs, CALLS)
 
     def _submit(

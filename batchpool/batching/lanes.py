@@ -41,7 +41,7 @@ from typing import Any
 from ..jobs import BATCHED_KINDS, CALLS, CHUNK_KINDS, Batch, Job, items_of
 from ..options import Priority
 from ..state import Phase, PoolState
-from .lane import AGE_STEP, LaneTable, candidates, lane_key
+from .lane import AGE_STEP, Lane, LaneTable, candidates, lane_key
 from .limits import KeyLimits, Unlimited
 from .parking import Parking
 from .sizing import Sizer, timing_key
@@ -264,13 +264,25 @@ class Batcher:
     def _absorb_locked(self) -> None:
         """Move the jobs put without the lock into their lanes, in arrival order."""
         inbox = self._inbox
+        # Runs of jobs of one callable, kind and options (a loop of submits)
+        # share a lane: the key is worked out once per run, not per job. The
+        # lane cannot go inactive meanwhile: nothing takes from it without the lock.
+        fn = opts = lane = None
+        kind = -1
         while inbox:
             try:
                 job = inbox.popleft()
             except IndexError:
                 return  # taken back by a refused put meanwhile
-            self._queue_locked(lane_key(job), job)
-            self._submitted += 1 if job.kind == CALLS else items_of(job)
+            if job.fn is fn and job.opts is opts and job.kind == kind and lane is not None:
+                lane.jobs.append(job)
+                self._pending += 1
+                if lane.priority == _REALTIME:
+                    self.sizer.last_realtime = job.t_submit
+            else:
+                lane = self._queue_locked(lane_key(job), job)
+                fn, opts, kind = job.fn, job.opts, job.kind
+            self._submitted += 1 if kind == CALLS else items_of(job)
 
     @property
     def submitted(self) -> int:
@@ -303,13 +315,15 @@ class Batcher:
             if self._parked:
                 self._parking.notify(len(jobs))
 
-    def _queue_locked(self, key: tuple[Any, ...], job: Job) -> None:
+    def _queue_locked(self, key: tuple[Any, ...], job: Job) -> Lane:
         if key[0] == Priority.REALTIME:
             self.sizer.last_realtime = job.t_submit
-        self._table.lane(key, job).jobs.append(job)
+        lane = self._table.lane(key, job)
+        lane.jobs.append(job)
         self._pending += 1
         if self._parked:
             self._parking.notify()
+        return lane
 
     @property
     def max_batch_size(self) -> int:
