@@ -12,6 +12,7 @@ from batchpool.batching import Batcher
 from batchpool.jobs import Job
 from batchpool.ledger import Ledger
 from batchpool.metrics import Metrics
+from batchpool.options import JobOptions, Priority
 
 
 class Clock:
@@ -254,6 +255,26 @@ def test_lock_free_puts_are_counted_and_taken_in_arrival_order() -> None:
     batch = b.take(max_jobs=100, idle_workers=1)
     assert batch is not None and batch.jobs == jobs
     assert b.pending == 0
+
+
+def test_runs_of_one_callable_and_options_land_in_their_lanes_in_order() -> None:
+    # The inbox is moved into the lanes a run at a time (one key lookup per
+    # run): a change of callable, options or priority in the middle of a run
+    # must still send each job to its own lane, in arrival order.
+    b = lock_free()
+    normal, urgent = JobOptions(), JobOptions(priority=Priority.REALTIME)
+    plan = [(abs, normal), (abs, normal), (round, normal), (abs, urgent), (abs, normal)]
+    jobs = [Job(fn, (1,), None, opts=opts) for fn, opts in plan]  # type: ignore[arg-type]
+    for j in jobs:
+        assert b.put(j)
+    assert b.depths() == {"NORMAL/abs": 3, "NORMAL/round": 1, "REALTIME/abs": 1}
+    assert b.submitted == 5 and b.pending == 5
+    assert b.sizer.last_realtime == jobs[3].t_submit
+    taken = []
+    while (batch := b.take(max_jobs=100, idle_workers=1)) is not None:
+        taken.append(batch.jobs)
+    assert taken[0] == [jobs[3]]  # REALTIME first
+    assert [jobs[0], jobs[1], jobs[4]] in taken and [jobs[2]] in taken
 
 
 def test_a_lock_free_put_after_the_close_is_refused_and_left_out() -> None:
