@@ -108,7 +108,18 @@ def main_importable() -> bool:
     if getattr(getattr(main, "__spec__", None), "name", None):
         return True
     path = getattr(main, "__file__", None)
-    return isinstance(path, str) and os.path.isfile(path)
+    if not isinstance(path, str):
+        return False
+    global _main_file
+    seen = _main_file
+    if seen is None or seen[0] != path:
+        # Asked for every batch of a __main__ function: the file system is
+        # asked once per path (a stat call each time was a syscall per batch).
+        seen = _main_file = (path, os.path.isfile(path))
+    return seen[1]
+
+
+_main_file: tuple[str, bool] | None = None  # the last __main__ path checked, and whether it is a file
 
 
 def _main_reference(fn: Callable[..., Any]) -> bool:
