@@ -22,6 +22,7 @@ import pytest
 distributed = pytest.importorskip("distributed", reason="the Dask backend needs distributed (batchpool[dask])")
 
 from batchpool import BatchPoolExecutor, Priority, RetryPolicy, batched, job_info  # noqa: E402
+from batchpool.batching.lane import AGE_STEP  # noqa: E402
 from batchpool.errors import JobTimeoutError, ShutdownError, WorkerCrashedError  # noqa: E402
 from tests import helpers  # noqa: E402
 
@@ -181,12 +182,17 @@ def test_realtime_jobs_go_before_queued_bulk_jobs(pool: Any) -> None:
     deadline = time.monotonic() + 30
     while ex.stats().queued and time.monotonic() < deadline:
         time.sleep(0.005)
+    queued_at = time.monotonic()
     bulk = [ex.options(priority=Priority.BULK).submit(record, f"bulk{i}") for i in range(4)]
     urgent = [ex.options(priority=Priority.REALTIME).submit(record, f"rt{i}") for i in range(4)]
     _GATE.set()
     wait(blockers + bulk + urgent, timeout=30)
     assert [f.result() for f in bulk + urgent]
-    assert sorted(_ORDER[:4]) == ["rt0", "rt1", "rt2", "rt3"], _ORDER
+    assert _ORDER[0].startswith("rt"), _ORDER
+    if time.monotonic() - queued_at < AGE_STEP:
+        # Slower than that (a loaded machine: a Dask round trip), the BULK
+        # lane has aged and may rightly be served between REALTIME batches.
+        assert sorted(_ORDER[:4]) == ["rt0", "rt1", "rt2", "rt3"], _ORDER
 
 
 def test_batched_function_one_future_per_item(pool: Any) -> None:
