@@ -332,23 +332,23 @@ class LightFutureBase(Future[_T]):
         # it (module docstring, "Waiting without a Condition"). Returns True
         # once FINISHED, raises CancelledError / TimeoutError, and returns
         # False if a Condition appeared before this thread could register (the
-        # caller then waits on it).
+        # caller then waits on it). The locks are taken with ``with``, not
+        # through ``_acquire``: this is where a Ctrl-C lands, and an interrupt
+        # between an acquire and its ``try`` would leave a stripe held for good.
         sleeper = allocate_lock()
         sleeper.acquire()
-        lock, cond = self._acquire()
-        try:
+        alone: list[_Sleeper] = [sleeper]  # allocated before the stripe is taken (see _make_condition)
+        with _STRIPES[id(self) >> 4 & _STRIPE_MASK]:
+            if self._cond is not None:
+                return False  # made meanwhile: transitions take it now, not the stripe
             state = self._state
-            registered = cond is None and state not in _DONE_STATES
+            registered = state not in _DONE_STATES
             if registered:
                 sleepers = self._sleepers
                 if sleepers is None:
-                    self._sleepers = [sleeper]
+                    self._sleepers = alone
                 else:
                     sleepers.append(sleeper)
-        finally:
-            lock.release()
-        if cond is not None and state not in _DONE_STATES:
-            return False
         if registered:
             woken = False
             try:
@@ -366,13 +366,22 @@ class LightFutureBase(Future[_T]):
         raise _base.TimeoutError()
 
     def _unregister(self, sleeper: _Sleeper) -> None:
-        lock, _ = self._acquire()
-        try:
-            sleepers = self._sleepers
-            if sleepers is not None and sleeper in sleepers:
-                sleepers.remove(sleeper)
-        finally:
-            lock.release()
+        # Under the update lock of now: a Condition may have been made since
+        # this sleeper registered under the stripe.
+        if self._cond is None:
+            with _STRIPES[id(self) >> 4 & _STRIPE_MASK]:
+                if self._cond is None:
+                    self._drop_sleeper(sleeper)
+                    return
+        cond = self._cond
+        assert cond is not None  # never unset once made
+        with cond:
+            self._drop_sleeper(sleeper)
+
+    def _drop_sleeper(self, sleeper: _Sleeper) -> None:
+        sleepers = self._sleepers
+        if sleepers is not None and sleeper in sleepers:
+            sleepers.remove(sleeper)
 
     def _wake_sleepers(self) -> None:
         # Under the update lock, by a transition that left the Future done.

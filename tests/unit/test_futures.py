@@ -1037,3 +1037,31 @@ def test_a_sleeping_waiter_is_woken_when_a_condition_appears_meanwhile(outcome: 
     assert got == [7 if outcome == "result" else CancelledError]
     assert waited == [{f}]
     assert not f._sleepers
+
+
+def test_an_interrupted_result_leaves_no_lock_held_and_no_sleeper(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ctrl-C lands where result() sleeps: the sleeper leaves the list, and the
+    # Future's stripe is free for the worker that settles it later.
+    import batchpool.futures_locks as locks
+
+    class Interrupted:
+        def __init__(self) -> None:
+            self.real = threading.Lock()
+
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            if self.real.locked():
+                raise KeyboardInterrupt  # the wait itself
+            return self.real.acquire()
+
+        def release(self) -> None:
+            self.real.release()
+
+    f: LightFuture[int] = LightFuture()
+    monkeypatch.setattr(locks, "allocate_lock", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        f.result(timeout=TIMEOUT)
+    assert not f._sleepers
+    settled: list[int] = []
+    with _running([lambda: (f.set_result(3), settled.append(f.result(timeout=0)))]):
+        pass
+    assert settled == [3]
