@@ -437,6 +437,11 @@ class BatchPoolExecutor(
         """A frozen snapshot of this pool's counters, latencies and workers.
 
         Cheap (O(workers) plus one short lock) and safe from any thread.
+        A batch's figures (its count, size, wait and run time, the results
+        it completed) are recorded by its worker just after its last Future
+        is settled, so a snapshot taken the instant ``result()`` returns may
+        not count that batch yet; the thread backend counts a batch as sent
+        once it has run.
 
         Example:
             >>> with BatchPoolExecutor(backend="thread") as ex:

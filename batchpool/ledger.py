@@ -152,10 +152,11 @@ class Ledger:
     def timed(self, batch: Batch, run_time: float) -> None:
         """Record the batch's run time (estimates, metrics, ``job_info``).
 
-        ``finish`` does it, unless given ``run_time=None``: a backend that
-        settles the batch's last outcome on a thread the user waits for calls
-        this first, then settles, then ``finish``es, so the waiting thread
-        need not wait for this bookkeeping to get the GIL.
+        ``finish`` does it, unless given ``run_time=None``: the process
+        backend's manager calls this first, then settles the batch's last
+        outcome, then ``finish``es. The thread backend settles first and then
+        ``finish``es with the run time: its waiting caller needs a wake-up,
+        which takes longer than this bookkeeping, so it runs meanwhile.
         """
         batch.mark_done(run_time)
         self.batcher.record(batch.timing_key, len(batch.jobs), run_time)

@@ -165,6 +165,12 @@ class ThreadBackend(Backend):
         return me in self._retired
 
     def _work(self) -> None:
+        try:
+            self._work_loop()
+        finally:
+            self.batcher.thread_exits()
+
+    def _work_loop(self) -> None:
         config = self.config
         if config.initializer is not None:
             try:
@@ -177,6 +183,12 @@ class ThreadBackend(Backend):
         while True:
             batch = self.batcher.take_wait(stop=self._stop, steal=self._steal)
             if batch is None:
+                return
+            if self.state.phase >= _BROKEN:
+                # Taken (or handed over) just as the pool stopped: the abort
+                # did not see it, so it fails here as the rest did.
+                error = self.state.error or BrokenThreadPool("the thread pool stopped")
+                self.ledger.fail_all(batch.jobs, error)
                 return
             self._run(batch, me)
             # Drop the batch before waiting again: it holds the callable and the

@@ -586,6 +586,11 @@ class Batcher:
         self._pending = len(self._delayed) + self._table.queued()
         return removed
 
+    def thread_exits(self) -> None:
+        """The calling worker thread is leaving: its parking spot goes (its hand-offs stay counted)."""
+        with self._lock:
+            self._parking.leave()
+
     def wake_all(self) -> None:
         """Wake every thread blocked in ``take_wait`` (so it re-checks ``stop``)."""
         with self._lock:

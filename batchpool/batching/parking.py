@@ -82,11 +82,12 @@ class Parking:
 
     def __init__(self, lock: Any) -> None:
         self._lock = lock
-        #: The parked threads' spots, the most recently parked last (read
+        #: The parked threads' spots, in the order they parked (read
         #: without the lock for a count or a hand-off: deque ops are atomic).
         self.parked: deque[_Spot] = deque()
         self._local = threading.local()
-        self._spots: list[_Spot] = []  # every thread's, for ``handed`` (one per thread that ever parked)
+        self._spots: list[_Spot] = []  # the spots of threads that may park again, for ``handed``
+        self._handed_before = 0  # handed to threads that have left (``leave``)
 
     def wait(self, timeout: float | None) -> Job | None:
         """Park until woken or ``timeout`` seconds pass; return the job handed over, if any.
@@ -116,34 +117,55 @@ class Parking:
         return job
 
     def notify(self, n: int = 1) -> None:
-        """Wake up to ``n`` parked threads (lock held); they look for work again."""
+        """Wake up to ``n`` parked threads, longest parked first (lock held); they look for work again."""
         parked = self.parked
         for _ in range(n):
-            if not parked:
+            try:
+                spot = parked.popleft()
+            except IndexError:  # a hand-off took the last one meanwhile
                 return
-            parked.pop().lock.release()
+            spot.lock.release()
 
     def notify_all(self) -> None:
         """Wake every parked thread (lock held); ``PoolState`` calls this on every transition."""
         parked = self.parked
-        while parked:
-            parked.pop().lock.release()
+        while True:
+            try:
+                spot = parked.popleft()
+            except IndexError:
+                return
+            spot.lock.release()
 
     def hand_off(self, job: Job) -> bool:
         """Give ``job`` to a parked thread, without the lock; False if none is parked.
 
-        The thread that most recently went idle gets it (its caches are warm).
+        The thread that has waited longest gets it, as the next ``notify``
+        would wake it (measured against the most recent one: steadier round
+        trips, the threads' wake-ups spread over the CPUs).
         """
         try:
             spot = self.parked.popleft()
         except IndexError:
             return False
-        spot.job = job
-        spot.handed += 1
-        spot.lock.release()
+        # Released whatever happens (a KeyboardInterrupt in the submitting
+        # thread): a popped spot that is never released would leave its
+        # thread asleep for good, out of reach of every notify.
+        try:
+            spot.job = job
+            spot.handed += 1
+        finally:
+            spot.lock.release()
         return True
+
+    def leave(self) -> None:
+        """The calling thread will not park again (lock held): keep its count, drop its spot."""
+        spot: _Spot | None = getattr(self._local, "spot", None)
+        if spot is not None and spot in self._spots:
+            self._spots.remove(spot)
+            self._handed_before += spot.handed
+            del self._local.spot
 
     @property
     def handed(self) -> int:
         """Jobs ever handed off (counted by the hand-off itself, so a count read after ``hand_off`` includes it)."""
-        return sum(spot.handed for spot in list(self._spots))
+        return self._handed_before + sum(spot.handed for spot in list(self._spots))

@@ -155,3 +155,68 @@ def test_a_job_handed_off_just_before_a_pause_waits_in_its_lane() -> None:
     b.state.resume()
     batch = taker.join()
     assert batch is not None and batch.jobs == [j]
+
+
+def test_a_hand_off_interrupted_in_the_submitting_thread_still_releases_the_thread() -> None:
+    # A KeyboardInterrupt between taking a parked spot and releasing it would
+    # leave that thread asleep for good, out of reach of every notify.
+    lock = threading.Lock()
+    parking = Parking(lock)
+
+    class Released:
+        count = 0
+
+        def release(self) -> None:
+            self.count += 1
+
+    class Spot:
+        lock = Released()
+        handed = 0
+
+        @property
+        def job(self) -> None:
+            return None
+
+        @job.setter
+        def job(self, value: object) -> None:
+            raise KeyboardInterrupt
+
+    spot = Spot()
+    parking.parked.append(spot)  # type: ignore[arg-type]
+    with pytest.raises(KeyboardInterrupt):
+        parking.hand_off("a job")  # type: ignore[arg-type]
+    assert spot.lock.count == 1 and not parking.parked
+
+
+def test_threads_that_leave_drop_their_spots_and_keep_their_counts() -> None:
+    from batchpool import BatchPoolExecutor
+
+    with BatchPoolExecutor(4, backend="thread") as ex:
+        for _ in range(20):
+            ex.submit(abs, -1).result(timeout=TIMEOUT)
+        parking = ex._batcher._parking
+        handed = parking.handed
+        assert handed > 0
+        ex.resize(1)
+        wait_until(lambda: len(parking._spots) <= 1, what="the retired threads to leave")
+        assert parking.handed == handed and ex.stats().submitted == 20
+    assert parking._spots == [] and parking.handed == handed
+
+
+def test_a_job_handed_over_as_the_pool_stops_fails_with_the_pool_error() -> None:
+    from batchpool import BatchPoolExecutor
+
+    ex = BatchPoolExecutor(1, backend="thread")
+    ex.submit(abs, -1).result(timeout=TIMEOUT)
+    wait_until(lambda: ex._batcher.waiters == 1, what="the thread to park")
+    state = ex._state
+    with state.lock:
+        # The hand-off needs no lock; the pool stops before the woken thread
+        # gets it back (set as PoolState._move would), so abort's drain
+        # never saw the job.
+        future = ex.submit(abs, -2)
+        state.error = RuntimeError("the pool stopped")
+        state.phase = Phase.ABORTED
+    with pytest.raises(RuntimeError, match="the pool stopped"):
+        future.result(timeout=TIMEOUT)
+    ex.shutdown(wait=True)
