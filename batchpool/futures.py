@@ -251,17 +251,19 @@ class LightFuture(LightFutureBase[_T]):
         # stripe is held. (Appending to an existing list may grow it, as the
         # stdlib's append under its Condition may.)
         first = [fn] if self._callbacks is None else None
-        lock, _ = self._acquire()
-        try:
-            if self._state not in _DONE_STATES:
-                callbacks = self._callbacks
-                if callbacks is None:
-                    self._callbacks = first if first is not None else [fn]
-                else:
-                    callbacks.append(fn)
-                return
-        finally:
-            lock.release()
+        while True:  # taken with ``with``: called on the main thread, where Ctrl-C lands (_update_lock)
+            lock = self._update_lock()
+            with lock:
+                if not self._holds_update_lock(lock):
+                    continue
+                if self._state not in _DONE_STATES:
+                    callbacks = self._callbacks
+                    if callbacks is None:
+                        self._callbacks = first if first is not None else [fn]
+                    else:
+                        callbacks.append(fn)
+                    return
+            break
         try:
             fn(self)
         except Exception:
@@ -280,20 +282,23 @@ class LightFuture(LightFutureBase[_T]):
             >>> g.set_running_or_notify_cancel(), g.cancel()
             (True, False)
         """
-        lock, cond = self._acquire()
-        try:
-            state = self._state
-            if state == _RUNNING or state == _FINISHED:
-                return False
-            if state in _CANCELLED_STATES:
-                return True
-            self._state = _CANCELLED
-            if self._sleepers:
-                self._wake_sleepers()
-            if cond is not None:
-                cond.notify_all()
-        finally:
-            lock.release()
+        while True:  # taken with ``with``: called on the main thread, where Ctrl-C lands (_update_lock)
+            lock = self._update_lock()
+            with lock:
+                if not self._holds_update_lock(lock):
+                    continue
+                state = self._state
+                if state == _RUNNING or state == _FINISHED:
+                    return False
+                if state in _CANCELLED_STATES:
+                    return True
+                self._state = _CANCELLED
+                if self._sleepers:
+                    self._wake_sleepers()
+                cond = self._cond
+                if cond is not None:
+                    cond.notify_all()
+            break
         self._invoke_callbacks()
         return True
 

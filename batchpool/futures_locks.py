@@ -278,6 +278,21 @@ class LightFutureBase(Future[_T]):
                 lock.release()
         return callbacks
 
+    def _update_lock(self) -> threading.Condition | threading.RLock:
+        # The update lock as it looks now, for a ``with`` block that checks
+        # ``_holds_update_lock`` first. Methods the main thread calls
+        # (``cancel``, ``add_done_callback``, waiting) use this instead of
+        # ``_acquire``: a Ctrl-C is checked for when a call returns, so one
+        # landing just after ``_acquire``'s acquire would leave the lock held
+        # for good, while ``with`` gives it no such gap.
+        cond = self._cond
+        return cond if cond is not None else _STRIPES[id(self) >> 4 & _STRIPE_MASK]
+
+    def _holds_update_lock(self, lock: object) -> bool:
+        # Taken the stripe while a Condition was being made: that is the update lock now.
+        cond = self._cond
+        return cond is None or lock is cond
+
     def _acquire(self) -> tuple[_Releasable, threading.Condition | None]:
         # Takes and returns the update lock, and the Condition if that is it.
         # A non-None _cond is final, so it is taken directly; a None one is only
@@ -368,20 +383,15 @@ class LightFutureBase(Future[_T]):
     def _unregister(self, sleeper: _Sleeper) -> None:
         # Under the update lock of now: a Condition may have been made since
         # this sleeper registered under the stripe.
-        if self._cond is None:
-            with _STRIPES[id(self) >> 4 & _STRIPE_MASK]:
-                if self._cond is None:
-                    self._drop_sleeper(sleeper)
-                    return
-        cond = self._cond
-        assert cond is not None  # never unset once made
-        with cond:
-            self._drop_sleeper(sleeper)
-
-    def _drop_sleeper(self, sleeper: _Sleeper) -> None:
-        sleepers = self._sleepers
-        if sleepers is not None and sleeper in sleepers:
-            sleepers.remove(sleeper)
+        while True:
+            lock = self._update_lock()
+            with lock:
+                if not self._holds_update_lock(lock):
+                    continue
+                sleepers = self._sleepers
+                if sleepers is not None and sleeper in sleepers:
+                    sleepers.remove(sleeper)
+                return
 
     def _wake_sleepers(self) -> None:
         # Under the update lock, by a transition that left the Future done.
