@@ -214,6 +214,8 @@ class ThreadBackend(Backend):
                 ran, last = self._run_calls(batch, me)
             run_time = time.perf_counter() - t0
             batch.jobs = ran  # the jobs this thread ran (others were taken, or given back)
+            # Before the settle, so job_info(f).run_time is there when
+            # f.result() returns; finish() below stores the same value again.
             batch.mark_done(run_time)
             if last is not None:
                 # Settled before the bookkeeping: the caller waiting for it
