@@ -12,7 +12,6 @@ import os
 import sys
 import threading
 import time
-from collections import defaultdict
 from typing import Any
 
 WAIT = 30.0
@@ -80,14 +79,39 @@ def run_once_main(journal: str, out: str) -> None:
 
 
 # Events by name: a journaled pool pickles every call, and an Event does not
-# pickle, so thread-backend jobs name their gates instead.
-EVENTS: dict[str, threading.Event] = defaultdict(threading.Event)
+# pickle, so thread-backend jobs name their gates instead. Looked up under a
+# lock: a defaultdict's __missing__ runs Python code (Event()), so a worker and
+# the test missing one name at once could each make an Event of their own,
+# and the test would wait on the one nobody sets.
+EVENTS: dict[str, threading.Event] = {}
+_EVENTS_LOCK = threading.Lock()
+
+
+def event(name: str) -> threading.Event:
+    """The event called ``name``, made on first use (by whichever thread asks first)."""
+    with _EVENTS_LOCK:
+        found = EVENTS.get(name)
+        if found is None:
+            found = EVENTS[name] = threading.Event()
+        return found
+
+
+def event_name(wanted: threading.Event) -> str:
+    """The name ``wanted`` was made under."""
+    with _EVENTS_LOCK:
+        return next(name for name, found in EVENTS.items() if found is wanted)
+
+
+def drop_event(name: str) -> threading.Event:
+    """Forget the event ``name`` and return it."""
+    with _EVENTS_LOCK:
+        return EVENTS.pop(name)
 
 
 def block(started: str, gate: str) -> bool:
     """Set the event ``started``, then wait for the event ``gate`` (thread backend)."""
-    EVENTS[started].set()
-    return EVENTS[gate].wait(WAIT)
+    event(started).set()
+    return event(gate).wait(WAIT)
 
 
 def exit_without_shutdown_main(journal: str, jobs: int) -> None:

@@ -42,19 +42,16 @@ def path(tmp_path: Path) -> str:
 @pytest.fixture
 def gate(request: pytest.FixtureRequest) -> Iterator[threading.Event]:
     name = f"gate-{request.node.name}"
-    yield durable_helpers.EVENTS[name]
-    durable_helpers.EVENTS.pop(name).set()  # a failing test must not leave a worker blocked
-
-
-def _name(event: threading.Event) -> str:
-    return next(name for name, e in durable_helpers.EVENTS.items() if e is event)
+    yield durable_helpers.event(name)
+    durable_helpers.drop_event(name).set()  # a failing test must not leave a worker blocked
 
 
 def occupy(ex: BatchPoolExecutor, gate: threading.Event, job_id: str | None = None) -> Future[Any]:
     """Occupy the pool's one worker until ``gate`` is set."""
-    started = f"started-{_name(gate)}-{job_id}"
-    fut = ex.options(job_id=job_id).submit(durable_helpers.block, started, _name(gate))
-    assert durable_helpers.EVENTS[started].wait(WAIT)
+    gate_name = durable_helpers.event_name(gate)
+    started = f"started-{gate_name}-{job_id}"
+    fut = ex.options(job_id=job_id).submit(durable_helpers.block, started, gate_name)
+    assert durable_helpers.event(started).wait(WAIT)
     return fut
 
 
