@@ -99,7 +99,9 @@ class ThreadBackend(Backend):
         self._watch = threading.Condition(self._lock)
         self._watchdog: threading.Thread | None = None
         self._busy: set[threading.Thread] = set()
+        self._unsure: set[threading.Thread] = set()  # start() interrupted: they may run (_spawn)
         self.state.watch(self._on_state_change)
+        batcher.lock_free_put = True  # a put wakes a parked thread itself (``batching.parking``)
 
     # -- starting threads --------------------------------------------------------------
 
@@ -137,8 +139,30 @@ class ThreadBackend(Backend):
                 name=f"{self._prefix}_{next(self._names)}",
                 daemon=True,  # joined by the executor's exit hook, not by threading
             )
-            thread.start()
+            # Counted before it starts: an exception inside start() (a Ctrl-C
+            # in the submitting thread) may come before the thread exists or
+            # after it runs, and start() cannot tell which. It is uncounted
+            # then, and joined at shutdown if it has an ident by then; if it
+            # runs, _check_in (which waits for this lock) counts it again, or
+            # lets it go if the pool is full by then.
             self._threads.append(thread)
+            try:
+                thread.start()
+            except BaseException:
+                self._threads.remove(thread)
+                self._unsure.add(thread)
+                raise
+            return True
+
+    def _check_in(self, me: threading.Thread) -> bool:
+        """A new thread is counted (see ``_spawn``); False if it must leave at once."""
+        with self._lock:
+            if me in self._threads:
+                return True
+            if self._live() >= self.state.target_workers or self.state.stopped:
+                return False  # still in _unsure: shutdown joins it
+            self._unsure.discard(me)
+            self._threads.append(me)
             return True
 
     def _stop(self) -> bool:
@@ -165,6 +189,8 @@ class ThreadBackend(Backend):
         return me in self._retired
 
     def _work(self) -> None:
+        if not self._check_in(threading.current_thread()):
+            return
         try:
             self._work_loop()
         finally:
@@ -404,6 +430,13 @@ class ThreadBackend(Backend):
             thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 return False
+        for thread in list(self._unsure):
+            # A start() that was interrupted (_spawn): a thread that runs leaves
+            # at once (_check_in); one that never got going cannot be joined.
+            try:
+                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except RuntimeError:
+                continue
         return True
 
     def compat_workers(self) -> dict[Any, Any]:

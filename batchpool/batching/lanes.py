@@ -104,11 +104,6 @@ class Batcher:
         # One lock for lanes, counters and the pool's lifecycle; every critical
         # section is a few dict/deque operations, and no user code runs under it.
         self._lock = self.state.lock
-        # Idle worker threads park here (``batching.parking``), woken on every
-        # pool transition as a condition of the state would be.
-        self._parking = Parking(self._lock)
-        self._parked = self._parking.parked  # the same deque, read on every put
-        self.state.notify_on_transition(self._parking)
         self._space = self.state.condition()  # blocked submitters wait here
         self._table = LaneTable(max_batch_size, max_delay, timing_key)  # the lanes (``batching.lane``)
         self._delayed: list[tuple[float, int, Job]] = []  # heap of retries by ready time
@@ -122,11 +117,18 @@ class Batcher:
         # Jobs put without the lock, in arrival order, not in their lanes yet:
         # every locked method that looks at the lanes moves them there first.
         self._inbox: deque[Job] = deque()
+        # Idle worker threads park here (``batching.parking``), woken on every
+        # pool transition as a condition of the state would be; a thread
+        # looks at the inbox once parked, for a put that did not see it.
+        self._parking = Parking(self._lock, self._inbox)
+        self._parked = self._parking.parked  # the same deque, read on every put
+        self.state.notify_on_transition(self._parking)
         #: ``put`` may append to the inbox instead of taking the lock (when no
-        #: ``max_pending`` applies). Only for a backend whose one consumer is
-        #: woken by ``notify()`` and looks at ``pending`` (the process
-        #: manager); never with threads waiting in ``take_wait``, which could
-        #: begin to wait just as a job went into the inbox.
+        #: ``max_pending`` applies), for a backend whose consumers look at
+        #: ``pending`` when woken: the process manager (``notify()`` wakes
+        #: it) and the thread backend (the put wakes a parked thread). Then a
+        #: submit changes nothing but the inbox, one call into C, so a Ctrl-C
+        #: in it cannot leave the lanes' counts half-updated.
         self.lock_free_put = False
         self._space_waiters = 0
         # A job may go straight to a parked thread (``put``) only while no lane
@@ -205,6 +207,7 @@ class Batcher:
         if (
             self._parked
             and not self._pending
+            and not self._inbox
             and self._hand_offs
             and not self._limits
             and job.kind == CALLS
@@ -237,6 +240,8 @@ class Batcher:
                     refusal = state.refusal()
                     assert refusal is not None  # closing or close requested: never accepting again
                     raise refusal
+            if self._parked:
+                self._parking.notify()  # no lock needed (``batching.parking``)
             return True
         key = lane_key(job)
         with self._lock:
@@ -417,7 +422,15 @@ class Batcher:
                     batch, retry_at = steal(now)
                     if batch is not None:
                         return batch
+                if state.phase >= _CLOSING and self._pending:
+                    # Nothing to cut while closing, yet jobs counted: count
+                    # them again, from the lanes. A count left half-updated
+                    # (a Ctrl-C in the main thread under the lock) would
+                    # keep every thread waiting, and shutdown joining them.
+                    self._pending = len(self._delayed) + self._table.queued()
                 if not self._pending:
+                    if self._inbox:
+                        continue  # put meanwhile, without the lock
                     if state.phase >= _CLOSING:
                         self._parking.notify_all()  # let the other idle threads see it too
                         return None

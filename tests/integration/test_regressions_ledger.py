@@ -243,6 +243,40 @@ def test_shutdown_from_another_thread_waits_for_a_first_worker_still_starting(mo
     assert submitted[0].result(0) == 2
 
 
+@pytest.mark.parametrize("started", [True, False])
+def test_a_submit_interrupted_while_its_thread_starts_leaves_the_pool_whole(monkeypatch: Any, started: bool) -> None:
+    # A Ctrl-C inside Thread.start() may come after the thread runs or before
+    # it exists. Either way the pool keeps max_workers threads that run jobs,
+    # and shutdown leaves none behind.
+    real_start = threading.Thread.start
+    interrupted: list[threading.Thread] = []
+
+    def start(self: threading.Thread) -> None:
+        if self.name.startswith("bp-interrupted") and not interrupted:
+            interrupted.append(self)
+            if started:
+                real_start(self)
+            raise KeyboardInterrupt
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    ex = BatchPoolExecutor(2, backend="thread", thread_name_prefix="bp-interrupted")
+    with pytest.raises(KeyboardInterrupt):
+        ex.submit(abs, -1)
+    gate = threading.Event()
+    blocked = [ex.submit(gate.wait, TIMEOUT) for _ in range(2)]  # two threads, both busy
+    helpers.wait_until(lambda: len(ex._backend._busy) == 2, what="two threads running jobs")
+    names = {t.name for t in threading.enumerate() if t.name.startswith("bp-interrupted") and t.is_alive()}
+    assert len(ex._backend._threads) == 2
+    gate.set()
+    assert all(f.result(TIMEOUT) for f in blocked)
+    assert ex.submit(abs, -2).result(TIMEOUT) == 2
+    ex.shutdown(wait=True)
+    assert not [t for t in interrupted + ex._backend._threads if t.is_alive()], names
+    if not started:
+        assert interrupted[0].ident is None  # it never ran
+
+
 _SIGNAL_IN_SUBMIT = textwrap.dedent(
     """
     import os, signal, sys
@@ -253,31 +287,18 @@ _SIGNAL_IN_SUBMIT = textwrap.dedent(
     if __name__ == "__main__":
         backend = sys.argv[1]
         fired = []
-        if backend == "thread":
-            real = lanes.Batcher._queue_locked
+        real_put = lanes.Batcher.put
 
-            def queue_and_signal(self, key, job):
-                real(self, key, job)
-                # At least 100: jobs handed straight to an idle thread skip this hook.
-                if len(fired) == 0 and self.submitted >= 100:
-                    fired.append(self.submitted)
-                    # The handler runs on this thread while it holds the lanes' lock.
-                    os.kill(os.getpid(), signal.SIGTERM)
+        def put_and_signal(self, job, **kwargs):
+            # Both backends' submits put without the lanes' lock: the handler
+            # runs inside the put, just after the job went in.
+            accepted = real_put(self, job, **kwargs)
+            if len(fired) == 0 and self.submitted == 101:
+                fired.append(self.submitted)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return accepted
 
-            lanes.Batcher._queue_locked = queue_and_signal
-        else:
-            real_put = lanes.Batcher.put
-
-            def put_and_signal(self, job, **kwargs):
-                # The process backend's submit puts without the lanes' lock:
-                # the handler runs inside the put, just after the job went in.
-                accepted = real_put(self, job, **kwargs)
-                if len(fired) == 0 and self.submitted == 101:
-                    fired.append(self.submitted)
-                    os.kill(os.getpid(), signal.SIGTERM)
-                return accepted
-
-            lanes.Batcher.put = put_and_signal
+        lanes.Batcher.put = put_and_signal
         ex = BatchPoolExecutor(max_workers=2, backend=backend)
         ex.install_signal_handlers(timeout=20)
         futures = []
@@ -305,10 +326,8 @@ def test_a_signal_inside_submit_drains_and_exits_instead_of_hanging(backend: str
     words = proc.stdout.split()
     assert words[0::2] == ["done", "accepted-at-signal"], proc.stdout + proc.stderr
     done, accepted = int(words[1]), int(words[3])
-    if backend == "thread":
-        assert done == accepted and accepted in (100, 101), proc.stdout + proc.stderr
-    else:  # the hook runs after the put, inside submit: the 101st is in the lanes, its submit never returned
-        assert (done, accepted) == (100, 101), proc.stdout + proc.stderr
+    # The hook runs after the put, inside submit: the 101st is queued, its submit never returned.
+    assert (done, accepted) == (100, 101), proc.stdout + proc.stderr
 
 
 def test_a_cancelled_future_stays_cancelled() -> None:
