@@ -374,7 +374,10 @@ def find_leaks(baseline: LeakBaseline, timeout: float = LEAK_DEADLINE) -> list[s
     deadline = time.monotonic() + timeout
     # Threads: a pool's threads may still be finishing their last statement.
     for thread in set(threading.enumerate()) - baseline.threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
+        try:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        except RuntimeError:  # never started (a start() interrupted early): listed, never alive
+            pass
     stray_threads = [t.name for t in set(threading.enumerate()) - baseline.threads if t.is_alive()]
     ignore = baseline.children | service_pids()
     new = [p for p in psutil.Process().children(recursive=True) if p.pid not in ignore]

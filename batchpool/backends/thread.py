@@ -3,7 +3,7 @@
 Threads start as ``ThreadPoolExecutor``'s do: every submit takes an idle token
 (a thread that went idle leaves one), and a submit that finds none starts a
 new thread, up to ``max_workers``. An idle thread waits in
-``Batcher.take_wait``, parked on a lock of its own, and a job submitted to an
+``Batcher.take_wait``, parked on a queue of its own, and a job submitted to an
 idle pool is handed to it directly (``batching.parking``); the batch it gets
 runs job by job through the shared runner, and the ledger settles each Future
 as soon as its job returns, the last one before the batch's bookkeeping.

@@ -22,10 +22,13 @@ Retried jobs come back through ``put_delayed`` and wait, without any thread
 sleeping, until their backoff has passed.
 
 Worker threads (the thread backend) wait for work in ``take_wait``, parked on
-locks of their own (``batching.parking``). A job put while one is parked and
+queues of their own (``batching.parking``). A job put while one is parked and
 nothing is queued goes to it directly, past the lanes (``put``): the round
 trip of a job on an idle pool is then a hand-off, as ``ThreadPoolExecutor``'s
-is, instead of a lane lookup, a notify and a cut.
+is, instead of a lane lookup, a notify and a cut. Otherwise both backends'
+submits append to an inbox without the lock (``lock_free_put``), which the
+consumers move into the lanes; a submit then changes nothing a Ctrl-C could
+leave half-done.
 
 Per-key limits (``set_limit``; the bookkeeping is ``batching.limits``): a lane
 whose key is at its concurrency or rate limit is skipped, so other lanes go on,

@@ -277,6 +277,53 @@ def test_a_submit_interrupted_while_its_thread_starts_leaves_the_pool_whole(monk
         assert interrupted[0].ident is None  # it never ran
 
 
+@pytest.mark.stress
+# The interrupts also land in the standard library's weakref callbacks ("Exception ignored").
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_ctrl_c_anywhere_in_submit_never_hangs_or_leaks_a_thread_pool() -> None:
+    # SIGALRM every 50 us raises KeyboardInterrupt wherever the main thread is
+    # in submit() (the put, the hand-off, the wake-ups, Thread.start), on
+    # fresh pools so that threads keep starting. Every Future returned
+    # resolves, and shutdown() returns and leaves no thread alive.
+    armed = [False]
+
+    def interrupt(signum: int, frame: object) -> None:
+        if armed[0]:
+            armed[0] = False
+            raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, interrupt)
+    interrupted = pools = 0
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 50e-6, 50e-6)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            pools += 1
+            prefix = f"bp-ctrl-c-{pools}"
+            ex = BatchPoolExecutor(4, backend="thread", thread_name_prefix=prefix)
+            gate = threading.Event()
+            futures = []
+            for _ in range(8):
+                try:
+                    armed[0] = True
+                    future = ex.submit(gate.wait, TIMEOUT)
+                    armed[0] = False
+                    futures.append(future)
+                except (KeyboardInterrupt, RuntimeError):  # RuntimeError: Condition.wait in Thread.start, interrupted
+                    interrupted += 1
+            armed[0] = False
+            gate.set()
+            assert all(f.result(TIMEOUT) for f in futures)
+            ex.shutdown(wait=True)
+            alive = [t.name for t in threading.enumerate() if t.name.startswith(prefix + "_") and t.is_alive()]
+            assert not alive, alive
+    finally:
+        armed[0] = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+    assert interrupted > 0
+
+
 _SIGNAL_IN_SUBMIT = textwrap.dedent(
     """
     import os, signal, sys
