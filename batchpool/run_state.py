@@ -31,6 +31,9 @@ __all__ = ["RunProgress", "RunState"]
 _WAIT, _RUN, _OK, _FAIL, _GONE, _DROPPED = 0, 1, 2, 3, 4, 5
 _END = object()  # the frontier after the last page
 
+#: Seconds close() waits for a fetch thread caught inside submit() (``RunState.join``).
+_SUBMIT_GRACE = 1.0
+
 
 @dataclass(frozen=True)
 class RunProgress:
@@ -198,14 +201,20 @@ class RunState:
         current = threading.current_thread()
         for thread in self.threads:
             # A listener (on the keeper) may close its own run: never join oneself.
-            # A fetch thread blocked in submit() by a full pool (max_pending) is not
-            # waited for: cancelled jobs keep their place in the pool's queue until
-            # dispatched, so that wait could last as long as the running jobs. It
-            # cancels the job it submits and ends as soon as submit() returns.
+            if thread is current or thread.ident is None:
+                continue
             with self._lock:
-                blocked = thread is self.threads[0] and self.in_submit
-            if thread is not current and thread.ident is not None and not blocked:
+                in_submit = thread is self.threads[0] and self.in_submit
+            if not in_submit:
                 thread.join()
+                continue
+            # A fetch thread blocked in submit() by a full pool (max_pending) is
+            # not waited for past a moment: cancelled jobs keep their place in
+            # the pool's queue until dispatched, so that wait could last as long
+            # as the running jobs. It cancels the job it submits and ends as
+            # soon as submit() returns; a submit that was not blocked (caught
+            # mid-call) returns at once, and then the thread is joined.
+            thread.join(_SUBMIT_GRACE)
 
     def _stop_locked(self, error: BaseException | None) -> list[Future[Any]]:
         """Enter the stopping state; returns the Futures to cancel (outside the lock:

@@ -184,6 +184,35 @@ def test_with_block_and_garbage_collection_stop_the_run(ex: BatchPoolExecutor) -
     assert not any(t.is_alive() for t in threads)
 
 
+def test_close_waits_for_a_fetch_thread_caught_inside_a_submit_that_returns(ex: BatchPoolExecutor) -> None:
+    # close() used to skip the fetch thread whenever it was inside submit()
+    # (meant for a submit blocked by a full pool), so a run closed mid-submit
+    # left its thread running after the with block.
+    inside, leave = threading.Event(), threading.Event()
+    real_submit = ex.submit
+
+    def slow_submit(fn: Any, *args: Any) -> Any:
+        if not inside.is_set():
+            inside.set()
+            assert leave.wait(WAIT)
+        return real_submit(fn, *args)
+
+    ex.submit = slow_submit  # type: ignore[method-assign]
+    run = ex.map_pages(pages_of(100, 10), double, 0)
+    assert inside.wait(WAIT)
+    threads = run_threads(run)
+    core = run._core
+    real_join = core.join
+
+    def join() -> None:
+        leave.set()  # the submit returns as close() begins to wait
+        real_join()
+
+    core.join = join  # type: ignore[method-assign]
+    run.close()
+    assert not any(t.is_alive() for t in threads)
+
+
 def test_items_are_bounded_by_max_pending_and_close_does_not_wait_for_a_full_pool() -> None:
     release = threading.Event()
     started: list[int] = []
