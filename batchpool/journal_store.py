@@ -555,7 +555,7 @@ def _change(row: list[Any] | None, wide: dict[str, dict[str, Any]], changes: dic
     columns: dict[str, Any] = {}
     if kind == RUNNING:
         current = row[_STATE] if row is not None else changes.get(job_id, {}).get("state")
-        if current == "done":
+        if current in _FINAL:
             return  # a late start never reopens a finished job (recover() would run it again)
         columns["state"], columns["started"] = "running", record[2]
     elif kind == DONE:
@@ -589,13 +589,13 @@ _UPDATE_FROM = sqlite3.sqlite_version_info >= (3, 33)
 _UPDATE_ROWS = 100
 
 
-def _update_sql(sets: str, width: int, single: str, unless: str = "") -> tuple[str, str]:
+def _update_sql(sets: str, width: int, single: str, unless: tuple[str, ...] = ()) -> tuple[str, str]:
     """(UPDATE of _UPDATE_ROWS jobs from VALUES rows of ``width``: job_id first, the same for one job).
 
-    ``unless``: rows in that state are left as they are.
+    ``unless``: rows in these states are left as they are.
     """
     rows = ", ".join([f"({', '.join('?' * width)})"] * _UPDATE_ROWS)
-    guard = f" AND bp_jobs.state != '{unless}'" if unless else ""
+    guard = f" AND bp_jobs.state NOT IN ({', '.join(repr(state) for state in unless)})" if unless else ""
     many = f"UPDATE bp_jobs SET {sets} FROM (VALUES {rows}) AS v WHERE bp_jobs.job_id = v.column1{guard}"
     return many, f"UPDATE bp_jobs SET {single} WHERE job_id = ?{guard}"
 
@@ -607,10 +607,12 @@ _FINISH = _update_sql(
     5,
     "state = 'done', started = coalesce(?, started), finished = ?, result = ?, result_kept = ?, crashes = 0",
 )
+#: States only a new INSERT (a re-accepted id) or a RETRYING record leaves.
+_FINAL = ("done", "failed", "cancelled")
 #: ... or starting: (job_id, started). A late start never reopens a finished
 #: job, in one commit or across two (``_change``; the DONE of a job in
 #: ``fresh`` or ``old_finished`` wins there): recover() would run it again.
-_START = _update_sql("state = 'running', started = v.column2", 2, "state = 'running', started = ?", "done")
+_START = _update_sql("state = 'running', started = v.column2", 2, "state = 'running', started = ?", _FINAL)
 #: Records folded between two offers of the GIL (see write_batch).
 _SLICE = 256
 

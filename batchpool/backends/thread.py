@@ -142,15 +142,18 @@ class ThreadBackend(Backend):
             # Counted before it starts: an exception inside start() (a Ctrl-C
             # in the submitting thread) may come before the thread exists or
             # after it runs, and start() cannot tell which. It is uncounted
-            # then, and joined at shutdown if it has an ident by then; if it
-            # runs, _check_in (which waits for this lock) counts it again, or
-            # lets it go if the pool is full by then.
-            self._threads.append(thread)
+            # then and kept in _unsure for join(); if it runs, _check_in
+            # (which waits for this lock) counts it again, or lets it go if
+            # the pool is full by then. The append is inside the try: an
+            # interrupt just after it must not leave a thread counted that
+            # never starts.
             try:
+                self._threads.append(thread)
                 thread.start()
             except BaseException:
-                self._threads.remove(thread)
                 self._unsure.add(thread)
+                if thread in self._threads:
+                    self._threads.remove(thread)
                 raise
             return True
 
@@ -419,25 +422,28 @@ class ThreadBackend(Backend):
     def join(self, timeout: float | None = None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         current = threading.current_thread()
-        threads = list(self._threads)
-        if self._watchdog is not None:
-            threads.append(self._watchdog)
-        for thread in threads:
-            if thread is current:  # shutdown() from a done-callback on a worker
-                continue
-            if thread in self._abandoned or self.state.phase.name == "ABORTED":
-                continue  # cannot be stopped; it exits when its job returns
-            thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():
-                return False
-        for thread in list(self._unsure):
-            # A start() that was interrupted (_spawn): a thread that runs leaves
-            # at once (_check_in); one that never got going cannot be joined.
-            try:
-                thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            except RuntimeError:
-                continue
-        return True
+        seen: set[threading.Thread] = set()
+        while True:
+            # Read again after each round: a thread whose start() was
+            # interrupted (_spawn) may check in meanwhile, or leave.
+            threads = [*self._threads, *self._unsure]
+            if self._watchdog is not None:
+                threads.append(self._watchdog)
+            fresh = [t for t in threads if t not in seen]
+            if not fresh:
+                return True
+            for thread in fresh:
+                seen.add(thread)
+                if thread is current:  # shutdown() from a done-callback on a worker
+                    continue
+                if thread in self._abandoned or self.state.phase.name == "ABORTED":
+                    continue  # cannot be stopped; it exits when its job returns
+                try:
+                    thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                except RuntimeError:  # never started: an interrupted start() (_spawn)
+                    continue
+                if thread.is_alive():
+                    return False
 
     def compat_workers(self) -> dict[Any, Any]:
         return {t.ident: t for t in self._threads if t not in self._abandoned and t not in self._retired}

@@ -289,8 +289,8 @@ class Batcher:
             except IndexError:
                 return  # taken back by a refused put meanwhile
             if job.fn is fn and job.opts is opts and job.kind == kind and lane is not None:
+                self._pending += 1  # first, as in _queue_locked
                 lane.jobs.append(job)
-                self._pending += 1
                 if lane.priority == _REALTIME:
                     self.sizer.last_realtime = job.t_submit
             else:
@@ -333,8 +333,8 @@ class Batcher:
         if key[0] == Priority.REALTIME:
             self.sizer.last_realtime = job.t_submit
         lane = self._table.lane(key, job)
+        self._pending += 1  # first: a count one too high is mended at close (take_wait), a job lost is not
         lane.jobs.append(job)
-        self._pending += 1
         if self._parked:
             self._parking.notify()
         return lane
@@ -425,12 +425,15 @@ class Batcher:
                     batch, retry_at = steal(now)
                     if batch is not None:
                         return batch
-                if state.phase >= _CLOSING and self._pending:
-                    # Nothing to cut while closing, yet jobs counted: count
-                    # them again, from the lanes. A count left half-updated
-                    # (a Ctrl-C in the main thread under the lock) would
-                    # keep every thread waiting, and shutdown joining them.
-                    self._pending = len(self._delayed) + self._table.queued()
+                if state.phase >= _CLOSING:
+                    # Nothing to cut while closing: count the queue again, from
+                    # the lanes. A count left half-updated (a Ctrl-C in the
+                    # main thread under the lock) would keep every thread
+                    # waiting, and shutdown joining them, or leave a job behind.
+                    counted = len(self._delayed) + self._table.queued()
+                    if counted != self._pending:
+                        self._pending = counted
+                        continue
                 if not self._pending:
                     if self._inbox:
                         continue  # put meanwhile, without the lock

@@ -172,6 +172,8 @@ class Parking:
     def handed(self) -> int:
         """Jobs ever handed off (counted by the hand-off itself, so a count read after ``hand_off`` includes it)."""
         with self._read_lock:
-            seen = next(self._count) - self._reads
-            self._reads += 1
+            try:
+                seen = next(self._count) - self._reads
+            finally:
+                self._reads += 1  # whatever interrupts: that next() was a read
         return seen

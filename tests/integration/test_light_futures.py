@@ -71,6 +71,7 @@ def test_a_cancelled_future_lets_go_of_its_arguments(pool: Callable[..., BatchPo
 
 
 @pytest.mark.stress
+@pytest.mark.timeout(120, method="thread")  # SIGALRM is the test's own
 def test_ctrl_c_anywhere_in_the_main_threads_future_calls_leaves_no_lock_held() -> None:
     # SIGALRM every 50 us raises KeyboardInterrupt wherever the main thread
     # is in result() waits, cancel() and add_done_callback(). Afterwards

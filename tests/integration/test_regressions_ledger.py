@@ -243,43 +243,53 @@ def test_shutdown_from_another_thread_waits_for_a_first_worker_still_starting(mo
     assert submitted[0].result(0) == 2
 
 
-@pytest.mark.parametrize("started", [True, False])
-def test_a_submit_interrupted_while_its_thread_starts_leaves_the_pool_whole(monkeypatch: Any, started: bool) -> None:
-    # A Ctrl-C inside Thread.start() may come after the thread runs or before
-    # it exists. Either way the pool keeps max_workers threads that run jobs,
-    # and shutdown leaves none behind.
+@pytest.mark.parametrize("where", ["after the thread runs", "before it exists", "just after it is counted"])
+def test_a_submit_interrupted_while_its_thread_starts_leaves_the_pool_whole(monkeypatch: Any, where: str) -> None:
+    # A Ctrl-C while submit() starts a thread may come after the thread runs,
+    # before it exists, or between counting it and starting it. Either way the
+    # pool keeps max_workers threads that run jobs, and shutdown leaves none behind.
     real_start = threading.Thread.start
     interrupted: list[threading.Thread] = []
 
     def start(self: threading.Thread) -> None:
-        if self.name.startswith("bp-interrupted") and not interrupted:
+        if self.name.startswith("bp-interrupted") and not interrupted and where != "just after it is counted":
             interrupted.append(self)
-            if started:
+            if where == "after the thread runs":
                 real_start(self)
             raise KeyboardInterrupt
         real_start(self)
 
+    class InterruptedAppend(list):  # type: ignore[type-arg]
+        def append(self, thread: Any) -> None:
+            super().append(thread)
+            if not interrupted:
+                interrupted.append(thread)
+                raise KeyboardInterrupt
+
     monkeypatch.setattr(threading.Thread, "start", start)
     ex = BatchPoolExecutor(2, backend="thread", thread_name_prefix="bp-interrupted")
+    if where == "just after it is counted":
+        ex._backend._threads = InterruptedAppend()
     with pytest.raises(KeyboardInterrupt):
         ex.submit(abs, -1)
     gate = threading.Event()
     blocked = [ex.submit(gate.wait, TIMEOUT) for _ in range(2)]  # two threads, both busy
     helpers.wait_until(lambda: len(ex._backend._busy) == 2, what="two threads running jobs")
-    names = {t.name for t in threading.enumerate() if t.name.startswith("bp-interrupted") and t.is_alive()}
-    assert len(ex._backend._threads) == 2
+    alive = [t.name for t in threading.enumerate() if t.name.startswith("bp-interrupted") and t.is_alive()]
+    assert len(alive) == 2 and len(ex._backend._threads) == 2, alive
     gate.set()
     assert all(f.result(TIMEOUT) for f in blocked)
     assert ex.submit(abs, -2).result(TIMEOUT) == 2
     ex.shutdown(wait=True)
-    assert not [t for t in interrupted + ex._backend._threads if t.is_alive()], names
-    if not started:
+    assert not [t for t in interrupted + list(ex._backend._threads) if t.is_alive()]
+    if where != "after the thread runs":
         assert interrupted[0].ident is None  # it never ran
 
 
 @pytest.mark.stress
 # The interrupts also land in the standard library's weakref callbacks ("Exception ignored").
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+@pytest.mark.timeout(120, method="thread")  # SIGALRM is the test's own
 def test_ctrl_c_anywhere_in_submit_never_hangs_or_leaks_a_thread_pool() -> None:
     # SIGALRM every 50 us raises KeyboardInterrupt wherever the main thread is
     # in submit() (the put, the hand-off, the wake-ups, Thread.start), on
@@ -336,12 +346,15 @@ _SIGNAL_IN_SUBMIT = textwrap.dedent(
         fired = []
         real_put = lanes.Batcher.put
 
+        puts = []
+
         def put_and_signal(self, job, **kwargs):
             # Both backends' submits put without the lanes' lock: the handler
             # runs inside the put, just after the job went in.
             accepted = real_put(self, job, **kwargs)
-            if len(fired) == 0 and self.submitted == 101:
-                fired.append(self.submitted)
+            puts.append(job)
+            if len(fired) == 0 and len(puts) == 101:
+                fired.append(len(puts))
                 os.kill(os.getpid(), signal.SIGTERM)
             return accepted
 

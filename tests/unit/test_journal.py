@@ -348,24 +348,32 @@ def test_records_of_a_job_inserted_in_the_same_commit_fold_into_its_row(
     assert cancelled is not None and (cancelled.state, cancelled.finished) == ("cancelled", clock.now)
 
 
-@pytest.mark.parametrize("commits", [(), ("done",), ("accept",), ("accept", "done")])
-def test_a_late_start_never_reopens_a_finished_job(tmp_path: Path, commits: tuple[str, ...]) -> None:
-    # "running" recorded after "done" (a stale report) must not leave the job
-    # running in the file, where recover() would run it a second time; the
-    # same whether or not a commit ("flush") falls between the records.
+@pytest.mark.parametrize("end", ["done", "failed", "cancelled"])
+@pytest.mark.parametrize("commits", [(), ("end",), ("accept",), ("accept", "end")])
+def test_a_late_start_never_reopens_a_finished_job(tmp_path: Path, commits: tuple[str, ...], end: str) -> None:
+    # "running" recorded after a final state (a stale report) must not leave
+    # the job running in the file, where recover() would run it a second
+    # time; the same whether or not a commit ("flush") falls between them.
     with JournalWriter.open(str(tmp_path / "j.db")) as writer:
         accept(writer, "j", 0)
         if "accept" in commits:
             writer.flush(timeout=WAIT)
         writer.running(["j"])
-        writer.done("j", 5)
-        if "done" in commits:
+        if end == "done":
+            writer.done("j", 5)
+        elif end == "failed":
+            writer.failed("j", ValueError("v"), 1)
+        else:
+            writer.cancelled("j")
+        if "end" in commits:
             writer.flush(timeout=WAIT)
         writer.running(["j"])
         writer.flush(timeout=WAIT)
     with Journal(str(tmp_path / "j.db")) as journal:
         job = journal.get("j")
-        assert job is not None and (job.state, job.result()) == ("done", 5)
+        assert job is not None and job.state == end
+        if end == "done":
+            assert job.result() == 5
 
 
 KINDS = st.sampled_from(["accept", "running", "done", "failed", "retrying", "cancelled", "flush"])
@@ -389,7 +397,7 @@ def test_the_journal_ends_where_a_model_of_the_transitions_ends(ops: list[tuple[
                 continue  # the executor reports transitions of accepted jobs only
             elif op == "running":
                 writer.running([job_id])
-                if model[job_id][0] != "done":  # a late start never reopens a finished job
+                if model[job_id][0] not in ("done", "failed", "cancelled"):  # a late start never reopens a finished job
                     model[job_id] = ("running", model[job_id][1])
             elif op == "done":
                 writer.done(job_id, n)
