@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 
@@ -226,6 +228,47 @@ def raise_if_poison(items: list[int]) -> list[int]:
 def slow_items(items: list[float]) -> list[int]:
     time.sleep(sum(items))
     return [len(items)] * len(items)
+
+
+class InterruptStorm:
+    """SIGALRM every ``period`` seconds, raising KeyboardInterrupt in the main thread while armed.
+
+    Armed only around the calls under test, so that the test's own lines are
+    not interrupted; the first interrupt disarms it. ``interrupted`` counts them.
+    """
+
+    def __init__(self) -> None:
+        self.armed = False
+        self.interrupted = 0
+
+    def arm(self) -> None:
+        self.armed = True
+
+    def disarm(self) -> None:
+        self.armed = False
+
+    def _raise(self, signum: int, frame: object) -> None:
+        if self.armed:
+            self.armed = False
+            self.interrupted += 1
+            raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupt_storm(period: float = 50e-6) -> Iterator[InterruptStorm]:
+    """An ``InterruptStorm`` for the ``with`` block; the timer and handler are restored after.
+
+    Tests using it take pytest-timeout's thread method: SIGALRM is theirs.
+    """
+    storm = InterruptStorm()
+    old = signal.signal(signal.SIGALRM, storm._raise)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, period, period)
+        yield storm
+    finally:
+        storm.armed = False
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
 
 
 def wait_until(predicate: Any, timeout: float = 30.0, what: str = "condition") -> None:

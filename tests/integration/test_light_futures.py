@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import gc
-import signal
 import threading
 import time
 import weakref
@@ -77,45 +76,31 @@ def test_ctrl_c_anywhere_in_the_main_threads_future_calls_leaves_no_lock_held() 
     # is in result() waits, cancel() and add_done_callback(). Afterwards
     # every stripe must be free (a worker settling a Future of a stripe the
     # main thread kept would hang) and the pool must still run jobs.
-    armed = [False]  # only inside the Future calls: the test's own lines must not be interrupted
-
-    def interrupt(signum: int, frame: object) -> None:
-        if armed[0]:
-            armed[0] = False
-            raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGALRM, interrupt)
-    interrupted = 0
-    try:
-        with BatchPoolExecutor(1, backend="thread") as ex:
-            signal.setitimer(signal.ITIMER_REAL, 50e-6, 50e-6)
+    with BatchPoolExecutor(1, backend="thread") as ex:
+        with helpers.interrupt_storm() as storm:
             deadline = time.monotonic() + 3.0
             while time.monotonic() < deadline:
                 f, g = ex.submit(abs, -1), ex.submit(abs, -2)
                 try:
-                    armed[0] = True
+                    storm.arm()
                     f.add_done_callback(lambda fut: None)
                     g.cancel()
                     f.result(timeout=30)
-                    armed[0] = False
+                    storm.disarm()
                 except KeyboardInterrupt:
-                    interrupted += 1
-            signal.setitimer(signal.ITIMER_REAL, 0)
-            free: list[bool] = []
+                    pass
+        free: list[bool] = []
 
-            def check() -> None:
-                for stripe in _STRIPES:
-                    got = stripe.acquire(timeout=5)
-                    free.append(got)
-                    if got:
-                        stripe.release()
+        def check() -> None:
+            for stripe in _STRIPES:
+                got = stripe.acquire(timeout=5)
+                free.append(got)
+                if got:
+                    stripe.release()
 
-            checker = threading.Thread(target=check)
-            checker.start()
-            checker.join(60)
-            assert free == [True] * len(_STRIPES)
-            assert ex.submit(abs, -3).result(timeout=30) == 3
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-    assert interrupted > 0
+        checker = threading.Thread(target=check)
+        checker.start()
+        checker.join(60)
+        assert free == [True] * len(_STRIPES)
+        assert ex.submit(abs, -3).result(timeout=30) == 3
+    assert storm.interrupted > 0

@@ -295,17 +295,8 @@ def test_ctrl_c_anywhere_in_submit_never_hangs_or_leaks_a_thread_pool() -> None:
     # in submit() (the put, the hand-off, the wake-ups, Thread.start), on
     # fresh pools so that threads keep starting. Every Future returned
     # resolves, and shutdown() returns and leaves no thread alive.
-    armed = [False]
-
-    def interrupt(signum: int, frame: object) -> None:
-        if armed[0]:
-            armed[0] = False
-            raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGALRM, interrupt)
-    interrupted = pools = 0
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 50e-6, 50e-6)
+    pools = 0
+    with helpers.interrupt_storm() as storm:
         deadline = time.monotonic() + 5.0
         while time.monotonic() < deadline:
             pools += 1
@@ -315,23 +306,19 @@ def test_ctrl_c_anywhere_in_submit_never_hangs_or_leaks_a_thread_pool() -> None:
             futures = []
             for _ in range(8):
                 try:
-                    armed[0] = True
+                    storm.arm()
                     future = ex.submit(gate.wait, TIMEOUT)
-                    armed[0] = False
+                    storm.disarm()
                     futures.append(future)
                 except (KeyboardInterrupt, RuntimeError):  # RuntimeError: Condition.wait in Thread.start, interrupted
-                    interrupted += 1
-            armed[0] = False
+                    pass
+            storm.disarm()
             gate.set()
             assert all(f.result(TIMEOUT) for f in futures)
             ex.shutdown(wait=True)
             alive = [t.name for t in threading.enumerate() if t.name.startswith(prefix + "_") and t.is_alive()]
             assert not alive, alive
-    finally:
-        armed[0] = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-    assert interrupted > 0
+    assert storm.interrupted > 0
 
 
 _SIGNAL_IN_SUBMIT = textwrap.dedent(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 from collections import deque
@@ -16,7 +15,7 @@ from batchpool.batching.lane import lane_key
 from batchpool.batching.parking import Parking
 from batchpool.jobs import Batch, Job
 from batchpool.state import Phase
-from tests.helpers import wait_until
+from tests.helpers import interrupt_storm, wait_until
 
 TIMEOUT = 30.0
 
@@ -120,33 +119,20 @@ def test_wake_ups_interrupted_by_a_signal_in_the_waker_lose_no_thread() -> None:
     threads = [threading.Thread(target=park, daemon=True) for _ in range(3)]
     for t in threads:
         t.start()
-    armed = [False]
-
-    def interrupt(signum: int, frame: object) -> None:
-        if armed[0]:
-            armed[0] = False
-            raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGALRM, interrupt)
-    interrupted = handed = 0
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 50e-6, 50e-6)
+    handed = 0
+    with interrupt_storm() as storm:
         deadline = time.monotonic() + 1.5
         while time.monotonic() < deadline:
             try:
-                armed[0] = True
+                storm.arm()
                 for _ in range(20):
                     handed += parking.hand_off("a job")  # type: ignore[arg-type]
                     with lock:
                         parking.notify()
-                armed[0] = False
+                storm.disarm()
             except KeyboardInterrupt:
-                interrupted += 1
-    finally:
-        armed[0] = False
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-    assert interrupted > 0 and handed > 0
+                pass
+    assert storm.interrupted > 0 and handed > 0
     with lock:
         stop = True
         parking.notify_all()
