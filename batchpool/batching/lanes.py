@@ -193,8 +193,14 @@ class Batcher:
     def key_limits(self) -> dict[Hashable, tuple[int, int | None, float | None, float, int]]:
         """Per limited key: (running, max_concurrency, rate limit now, starts in the last second, waiting)."""
         with self._lock:
-            self._absorb_locked()
-            return self._keys.rows(self._clock(), self._table.waiting(self._limits))
+            # The inbox is counted where it is, not moved: the main thread asks
+            # (stats()), and a move interrupted by a Ctrl-C could lose a job.
+            waiting = self._table.waiting(self._limits)
+            for job in list(self._inbox):
+                user_key = lane_key(job)[2]
+                if user_key in self._limits:
+                    waiting[user_key] = waiting.get(user_key, 0) + 1
+            return self._keys.rows(self._clock(), waiting)
 
     def put(self, job: Job, *, block: bool = False, timeout: float | None = None) -> bool:
         """Queue one job.
@@ -372,8 +378,9 @@ class Batcher:
     def depths(self) -> dict[str, int]:
         """Jobs waiting per lane, labelled 'PRIORITY/key' (a snapshot)."""
         with self._lock:
-            self._absorb_locked()
             lanes = self._table.depths()
+            inbox = list(self._inbox)  # counted where it is, not moved (as in key_limits)
+        lanes.extend((lane_key(job), 1) for job in inbox)
         depths: dict[str, int] = {}
         for key, depth in lanes:
             name = key[2] if isinstance(key[2], str) else getattr(key[2], "__qualname__", None) or repr(key[2])

@@ -267,7 +267,11 @@ def test_runs_of_one_callable_and_options_land_in_their_lanes_in_order() -> None
     jobs = [Job(fn, (1,), None, opts=opts) for fn, opts in plan]  # type: ignore[arg-type]
     for j in jobs:
         assert b.put(j)
-    assert b.depths() == {"NORMAL/abs": 3, "NORMAL/round": 1, "REALTIME/abs": 1}
+    assert b.depths() == {"NORMAL/abs": 3, "NORMAL/round": 1, "REALTIME/abs": 1}  # counted in the inbox
+    assert len(b._inbox) == 5  # ... not moved: the main thread asks (stats()), and a Ctrl-C there could lose a job
+    with b._lock:
+        b._absorb_locked()  # as the consumer's next look moves them
+    assert not b._inbox and b.depths() == {"NORMAL/abs": 3, "NORMAL/round": 1, "REALTIME/abs": 1}
     assert b.submitted == 5 and b.pending == 5
     assert b.sizer.last_realtime == jobs[3].t_submit
     taken = []
@@ -275,6 +279,16 @@ def test_runs_of_one_callable_and_options_land_in_their_lanes_in_order() -> None
         taken.append(batch.jobs)
     assert taken[0] == [jobs[3]]  # REALTIME first
     assert [jobs[0], jobs[1], jobs[4]] in taken and [jobs[2]] in taken
+
+
+def test_key_limits_count_jobs_still_in_the_inbox_without_moving_them() -> None:
+    b = lock_free()
+    b.set_limit(abs, max_concurrency=1)
+    for _ in range(2):
+        assert b.put(job())
+    assert b.put(Job(round, (1.5,), None))  # type: ignore[arg-type]  # not limited: not listed
+    assert b.key_limits()[abs][4] == 2 and round not in b.key_limits()
+    assert len(b._inbox) == 3
 
 
 def test_a_lock_free_put_after_the_close_is_refused_and_left_out() -> None:
@@ -295,7 +309,8 @@ def test_a_lock_free_put_the_consumer_took_before_the_close_runs() -> None:
     class Racing(deque):  # type: ignore[type-arg]
         def append(self, item: Job) -> None:
             super().append(item)
-            b.depths()  # the consumer looks (under the lock): the job goes to its lane
+            with b._lock:
+                b._absorb_locked()  # the consumer looks (under the lock): the job goes to its lane
             b.state.close()
 
     b._inbox = Racing()
