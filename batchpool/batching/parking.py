@@ -61,8 +61,9 @@ _put = SimpleQueue.put  # called from C by the map that pops the spot (module do
 class Parking:
     """Idle threads waiting for work, each on its own queue; a drop-in for the Batcher's old Condition.
 
-    ``wait``, ``notify`` and ``notify_all`` are called with ``lock`` held, as a
-    Condition's are; ``hand_off`` without it.
+    ``wait`` is called with ``lock`` held, as a Condition's is; ``notify`` and
+    ``notify_all`` mostly are too, but need not be (a lock-free put notifies
+    without it); ``hand_off`` never is.
 
     Args:
         lock: the pool's lock (``PoolState.lock``), released while parked.
@@ -133,7 +134,7 @@ class Parking:
         return job
 
     def notify(self, n: int = 1) -> None:
-        """Wake up to ``n`` parked threads, longest parked first (lock held); they look for work again."""
+        """Wake up to ``n`` parked threads, longest parked first; they look for work again."""
         wake = self._wake
         for _ in range(n):
             try:
@@ -142,7 +143,7 @@ class Parking:
                 return
 
     def notify_all(self) -> None:
-        """Wake every parked thread (lock held); ``PoolState`` calls this on every transition."""
+        """Wake every parked thread; ``PoolState`` calls this on every transition (lock held)."""
         wake = self._wake
         while True:
             try:
