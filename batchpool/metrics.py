@@ -10,10 +10,12 @@ recorded: each is one tuple appended to a deque (atomic, no lock), and the
 tuples are folded into the counters under the lock by the next snapshot, or
 once ``_FOLD_AT`` of them wait. A worker thread going idle after a batch, with
 its caller waiting for the GIL, then pays three appends instead of three
-locked updates; a snapshot folds first, so what it shows is never behind. ``Metrics.snapshot`` turns that into a frozen
-``Stats`` (the records are in ``batchpool.stats``); the dashboard, the
-Prometheus exporter and ``ex.stats()`` only ever read snapshots. The
-Prometheus format itself lives in ``batchpool.prometheus``.
+locked updates; a snapshot folds first, so what it shows is never behind.
+
+``Metrics.snapshot`` turns that into a frozen ``Stats`` (the records are in
+``batchpool.stats``); the dashboard, the Prometheus exporter and
+``ex.stats()`` only ever read snapshots. The Prometheus format itself lives in
+``batchpool.prometheus``.
 """
 
 from __future__ import annotations
